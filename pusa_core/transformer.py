@@ -10,6 +10,7 @@ offloading and layerwise casting all apply unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -68,6 +69,9 @@ class PusaTransformer3DModel(WanTransformer3DModel):
     # Context parallelism splits tokens; per-frame modulation is indexed by frame, so it is not offered.
     _cp_plan = None
 
+    # wraps() makes inspect.signature report Wan's config arguments, which ConfigMixin reads to
+    # build the model from a config; a bare *args/**kwargs would silently drop them all.
+    @functools.wraps(WanTransformer3DModel.__init__)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The block adds no parameters, so retyping keeps every weight and avoids building the
