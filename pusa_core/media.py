@@ -1,0 +1,142 @@
+"""Read images and videos, fit them to the target size without stretching, write browser-ready MP4s."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import PusaInputError
+from .requests import Fit, ImageInput
+
+SETTINGS_TAG = "pusa_settings"
+
+
+def load_image(source: ImageInput, field: str = "image") -> np.ndarray:
+    """Any image input -> RGB uint8 ``[H, W, 3]``."""
+    if isinstance(source, np.ndarray):
+        array = source
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise PusaInputError(field, f"array of shape {list(source.shape)} is not an RGB image")
+        return np.ascontiguousarray(array[..., :3].astype(np.uint8))
+    if isinstance(source, Image.Image):
+        return np.asarray(source.convert("RGB"))
+    path = Path(source)
+    if not path.is_file():
+        raise PusaInputError(field, f"file {path.name!r} was not found; upload the image again")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError):
+        raise PusaInputError(field, f"{path.name!r} is not a readable image; use a PNG, JPEG or WebP file") from None
+
+
+def fit_frame(frame: np.ndarray, width: int, height: int, fit: Fit) -> np.ndarray:
+    """Resize keeping the aspect ratio: ``crop`` covers the target and trims the center, ``pad`` fits and adds black bars."""
+    h, w = frame.shape[:2]
+    scale = max(width / w, height / h) if fit == "crop" else min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(frame, (new_w, new_h), interpolation=interp)
+    if fit == "crop":
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return np.ascontiguousarray(resized[top : top + height, left : left + width])
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas
+
+
+def read_video(path: str | Path, max_frames: int | None = None, field: str = "video") -> tuple[np.ndarray, float]:
+    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise PusaInputError(field, f"file {path.name!r} was not found; upload the video again")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise PusaInputError(field, f"{path.name!r} is not a readable video; use an MP4, MOV or WebM file")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 16.0
+        frames = []
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    if not frames:
+        raise PusaInputError(field, f"{path.name!r} has no frames that could be decoded; re-encode it as H.264 MP4")
+    return np.stack(frames), float(fps)
+
+
+def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float ``[1, 3, T, H, W]`` in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return x.permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def from_model_pixels(pixels: torch.Tensor) -> np.ndarray:
+    """float ``[1, 3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]``."""
+    x = pixels[0].float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float, settings: dict[str, Any] | None = None) -> Path:
+    """H.264 yuv420p MP4 that browsers play; ``settings`` go into the file's comment metadata as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t, h, w, _ = frames.shape
+    params = ["-movflags", "+faststart"]
+    if settings is not None:
+        params += ["-metadata", f"comment={json.dumps({SETTINGS_TAG: settings}, separators=(',', ':'))}"]
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
+        macro_block_size=2, output_params=params, ffmpeg_log_level="error",
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def video_info(path: str | Path) -> tuple[int, int, int]:
+    """(frames, width, height) of a video file, decoded to count exactly."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    count = sum(1 for _ in reader)
+    w, h = meta["size"]
+    return count, w, h
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """Settings saved with an output: from its ``.json`` file or from the MP4's metadata."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise PusaInputError("settings file", f"{path.name!r} is not a settings JSON file ({err})") from None
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+        capture_output=True, text=True, check=False,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("comment="):
+            try:
+                # ffmetadata escapes '=', ';', '#' and '\\' with a backslash.
+                return json.loads(re.sub(r"\\(.)", r"\1", line[len("comment=") :]))[SETTINGS_TAG]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break
+    raise PusaInputError("settings file", f"{path.name!r} carries no Pusa Studio settings; use a video or JSON this app made")

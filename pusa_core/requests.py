@@ -1,0 +1,122 @@
+"""Typed requests for the four tasks: what the UI hands the engine, and what settings files store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+    "picture, messy background, three legs, many people in the background, walking backwards"
+)
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+Fit = Literal["crop", "pad"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings every task shares. ``seed=None`` picks a random seed; the one used is reported."""
+
+    prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    seed: int | None = None
+    steps: int = 10
+    cfg: float = 5.0
+    lora_alpha: float = 1.4
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    fps: int = 16
+    fit: Fit = "crop"
+    shift: float = 5.0
+
+
+@dataclass(frozen=True)
+class ImageToVideo:
+    """The image becomes latent frame 0 with a small noise multiplier (0.2 in the published demo)."""
+
+    settings: Settings
+    image: ImageInput
+    noise_multiplier: float = 0.2
+    task: str = field(default="i2v", init=False)
+
+
+@dataclass(frozen=True)
+class MultiFrames:
+    """Start/end frames or keyframes: one image per latent position, each with its own multiplier."""
+
+    settings: Settings
+    images: tuple[ImageInput, ...]
+    positions: tuple[int, ...]
+    multipliers: tuple[float, ...]
+    task: str = field(default="multiframe", init=False)
+
+
+@dataclass(frozen=True)
+class VideoToVideo:
+    """Extension, completion, transition: the listed latent slots are taken from the encoded video."""
+
+    settings: Settings
+    video: str | Path
+    positions: tuple[int, ...]
+    multipliers: tuple[float, ...]
+    task: str = field(default="v2v", init=False)
+
+
+@dataclass(frozen=True)
+class TextToVideo:
+    settings: Settings
+    task: str = field(default="t2v", init=False)
+
+
+Request = Union[ImageToVideo, MultiFrames, VideoToVideo, TextToVideo]
+TASKS = {cls.__dataclass_fields__["task"].default: cls for cls in (ImageToVideo, MultiFrames, VideoToVideo, TextToVideo)}
+
+
+def _describe_input(value: Any) -> Any:
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, Image.Image):
+        return f"<image {value.width}x{value.height}>"
+    if isinstance(value, np.ndarray):
+        return f"<array {list(value.shape)}>"
+    return value
+
+
+def request_to_dict(request: Request, seed: int | None = None) -> dict[str, Any]:
+    """A JSON-ready record of the request; ``seed`` (the one actually used) replaces a random one."""
+    out: dict[str, Any] = {"task": request.task}
+    for f in fields(request):
+        if f.name in ("task", "settings"):
+            continue
+        value = getattr(request, f.name)
+        out[f.name] = [_describe_input(v) for v in value] if isinstance(value, tuple) else _describe_input(value)
+    settings = asdict(request.settings)
+    if seed is not None:
+        settings["seed"] = seed
+    out["settings"] = settings
+    return out
+
+
+def request_from_dict(data: dict[str, Any]) -> Request:
+    """Rebuild a request from :func:`request_to_dict` output (inputs are file paths as recorded)."""
+    task = data.get("task")
+    if task not in TASKS:
+        raise ValueError(f"task: unknown task {task!r}; expected one of {sorted(TASKS)}")
+    known = {f.name for f in fields(Settings)}
+    settings = Settings(**{k: v for k, v in data.get("settings", {}).items() if k in known})
+    cls = TASKS[task]
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in ("task", "settings") or f.name not in data:
+            continue
+        value = data[f.name]
+        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(settings=settings, **kwargs)

@@ -1,0 +1,36 @@
+"""Prompt -> UMT5 embeddings, as diffusers' WanPipeline does it (cleaned text, padded, zero past the end)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from transformers import PreTrainedTokenizerBase
+
+MAX_SEQUENCE_LENGTH = 512
+
+
+@torch.no_grad()
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: torch.nn.Module,
+    prompts: Sequence[str],
+    max_length: int = MAX_SEQUENCE_LENGTH,
+) -> torch.Tensor:
+    """Embeddings ``[len(prompts), max_length, dim]`` on the text encoder's device; rows past each prompt are 0."""
+    cleaned = [prompt_clean(p) for p in prompts]
+    batch = tokenizer(
+        cleaned,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    mask = batch.attention_mask.to(device)
+    hidden = text_encoder(batch.input_ids.to(device), mask).last_hidden_state
+    # Wan was trained with zeros past the real length, not the encoder's outputs at padding positions.
+    return hidden * mask[..., None].to(hidden.dtype)

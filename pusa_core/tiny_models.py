@@ -1,0 +1,74 @@
+"""Tiny Wan components built from configs on the fly: for tests, benchmarks and training from scratch.
+
+Same classes as the 14B (PusaTransformer3DModel, AutoencoderKLWan, UMT5EncoderModel, a fast
+tokenizer), only small, so every code path the real model takes runs here in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLWan
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
+from .transformer import PusaTransformer3DModel
+from .wan_t5 import umt5_config_from_wan
+
+TINY_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+# Four levels and three temporal downsamples keep the real 8x spatial, 4x temporal compression.
+TINY_VAE: dict[str, Any] = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True]
+)
+TINY_TEXT: dict[str, Any] = dict(dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32)
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+BASIC_WORDS = (
+    "a an the and of on in at to with is moves moving slowly quickly left right up down across over around "
+    "red green blue yellow white black orange purple pink gray cat dog bird car person ball circle square "
+    "triangle shape sky sea water street room forest city background light dark bright video camera scene"
+).split()
+
+
+def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer over ``words``: pad=0, eos=1 (appended), unknown words -> 2."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_transformer(seed: int = 0, **overrides: Any) -> PusaTransformer3DModel:
+    torch.manual_seed(seed)
+    return PusaTransformer3DModel(**{**TINY_TRANSFORMER, **overrides}).eval()
+
+
+def tiny_vae(seed: int = 0, **overrides: Any) -> AutoencoderKLWan:
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**{**TINY_VAE, **overrides}).eval()
+
+
+def tiny_text_encoder(vocab_size: int, seed: int = 0, **overrides: Any) -> UMT5EncoderModel:
+    torch.manual_seed(seed)
+    config = umt5_config_from_wan(vocab=vocab_size, **{**TINY_TEXT, **overrides})
+    return UMT5EncoderModel(config).eval()
