@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PusaInputError
+from .schedule import frame_multipliers
 from .requests import ImageToVideo, MultiFrames, Request, Settings, TextToVideo, VideoToVideo
 
 TEMPORAL_COMPRESSION = 4
@@ -166,10 +167,7 @@ class Conditioning:
     num_latent_frames: int
 
     def multiplier_vector(self) -> torch.Tensor:
-        m = torch.ones(self.num_latent_frames)
-        for p, value in zip(self.positions, self.multipliers):
-            m[p] = value
-        return m
+        return frame_multipliers(self.num_latent_frames, dict(zip(self.positions, self.multipliers)))
 
 
 def plan_request(request: Request) -> Conditioning:

@@ -85,9 +85,14 @@ def transformer_from_original_state_dict(
     return _load_converted(_empty_transformer(config), converted, dtype)
 
 
-def load_original_transformer(folder: Path, dtype: torch.dtype = torch.bfloat16) -> PusaTransformer3DModel:
-    """The transformer from the six original shards, cast tensor by tensor so host memory peaks at one model."""
-    model = _empty_transformer(read_config(TRANSFORMER_14B_CONFIG))
+def load_original_transformer(
+    folder: Path, dtype: torch.dtype = torch.bfloat16, config: dict[str, Any] | None = None
+) -> PusaTransformer3DModel:
+    """The transformer from the six original shards, cast tensor by tensor so host memory peaks at one model.
+
+    ``config`` defaults to the Wan2.1-T2V-14B config shipped in ``configs/``.
+    """
+    model = _empty_transformer(config if config is not None else read_config(TRANSFORMER_14B_CONFIG))
     keep = set(model._keep_in_fp32_modules)
     converted = {}
     for path in (Path(folder) / name for name in ORIGINAL_SHARDS):

@@ -14,6 +14,9 @@ from diffusers import AutoencoderKLWan
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
+from .loading import PusaComponents
+from .lora import load_lora
+from .requests import Settings
 from .transformer import PusaTransformer3DModel
 from .wan_t5 import umt5_config_from_wan
 
@@ -72,3 +75,40 @@ def tiny_text_encoder(vocab_size: int, seed: int = 0, **overrides: Any) -> UMT5E
     torch.manual_seed(seed)
     config = umt5_config_from_wan(vocab=vocab_size, **{**TINY_TEXT, **overrides})
     return UMT5EncoderModel(config).eval()
+
+
+# Original Wan names of the modules the Pusa LoRA trains, per block.
+PUSA_LORA_TARGETS = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
+
+
+def random_pusa_lora(transformer: PusaTransformer3DModel, rank: int = 4, seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
+    """A random LoRA in the Pusa training layout (``blocks.N.self_attn.q.lora_A.default.weight``) for ``transformer``."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = transformer.config
+    dim, ffn = cfg.num_attention_heads * cfg.attention_head_dim, cfg.ffn_dim
+    shapes = {t: (dim, dim) for t in PUSA_LORA_TARGETS} | {"ffn.0": (ffn, dim), "ffn.2": (dim, ffn)}
+    out = {}
+    for block in range(cfg.num_layers):
+        for target, (fan_out, fan_in) in shapes.items():
+            key = f"blocks.{block}.{target}"
+            out[f"{key}.lora_A.default.weight"] = torch.randn(rank, fan_in, generator=g) * std
+            out[f"{key}.lora_B.default.weight"] = torch.randn(fan_out, rank, generator=g) * std
+    return out
+
+
+def random_tiny_components(seed: int = 0) -> PusaComponents:
+    """Random-weight tiny components with a random Pusa LoRA: every code path, no meaningful pictures."""
+    tokenizer = build_word_tokenizer(BASIC_WORDS)
+    transformer = tiny_transformer(seed)
+    load_lora(transformer, random_pusa_lora(transformer, seed=seed), alpha=1.0)
+    return PusaComponents(
+        transformer=transformer,
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(len(tokenizer), seed),
+        tokenizer=tokenizer,
+        name="random tiny model (untrained, for tests)",
+        is_small=True,
+        defaults=Settings(width=64, height=64, num_frames=9, fps=8, steps=2, cfg=3.0, lora_alpha=1.0),
+        max_sequence_length=32,
+        has_lora=True,
+    )

@@ -29,13 +29,9 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def check_pusa_golden(path: str | Path) -> dict[str, float]:
-    """Max abs difference for the forward outputs and every sampling case of a Pusa golden file."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["pusa_golden"])
-    tensors = load_file(str(path))
-    c = meta["config"]
-    config = dict(
+def golden_transformer_config(c: dict) -> dict:
+    """diffusers config of the Wan2.1-T2V architecture at the sizes a golden file names."""
+    return dict(
         num_attention_heads=c["heads"],
         attention_head_dim=c["dim"] // c["heads"],
         in_channels=16,
@@ -49,6 +45,14 @@ def check_pusa_golden(path: str | Path) -> dict[str, float]:
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
     )
+
+
+def check_pusa_golden(path: str | Path) -> dict[str, float]:
+    """Max abs difference for the forward outputs and every sampling case of a Pusa golden file."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["pusa_golden"])
+    tensors = load_file(str(path))
+    config = golden_transformer_config(meta["config"])
     model = transformer_from_original_state_dict(_prefixed(tensors, "dit."), config, torch.float32)
     x, t = tensors["forward.x"], tensors["forward.timestep"]
     pos, neg = tensors["context.positive"], tensors["context.negative"]

@@ -1,0 +1,278 @@
+"""The one object the UI talks to: loads the models in the background, reports status, runs jobs.
+
+A job: validate -> encode prompt (cached) -> encode conditioning images/video -> sample with per-frame
+timesteps -> decode -> write MP4 + settings JSON. One job runs at a time; progress goes out through a
+callback and a cancel event is checked before every denoising step.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .conditioning import Conditioning, frames_needed, plan_request
+from .errors import EngineNotReady, PusaInputError
+from .latents import decode_latents, encode_pixels
+from .loading import PusaComponents, load_components
+from .lora import set_lora_alpha
+from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
+from .requests import ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
+from .sampling import StepReport, sample
+from .text import encode_prompts
+from .weights import ModelSource
+
+# Share of a job's wall time each phase is expected to take, for one progress bar across phases.
+_PHASES = {"prompt": (0.0, 0.03), "inputs": (0.03, 0.06), "denoise": (0.06, 0.92), "decode": (0.92, 0.98), "write": (0.98, 1.0)}
+_PROMPT_CACHE_SIZE = 16
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says what to lower. The engine stays usable."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    fraction: float
+    step: int | None
+    total: int | None
+    eta_seconds: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    video_path: Path
+    settings_path: Path
+    seed: int
+    settings: dict[str, Any]
+    seconds: float
+    num_frames: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: Literal["loading", "ready", "failed"]
+    message: str
+    model_name: str
+    is_small: bool
+    placement: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Engine:
+    """Owns the loaded components. Build with :meth:`from_source` (real use) or :meth:`from_components` (tests)."""
+
+    def __init__(self, loader: Callable[[], PusaComponents], output_dir: Path, model_name: str, is_small: bool) -> None:
+        self._loader = loader
+        self.output_dir = Path(output_dir)
+        self._model_name = model_name
+        self._is_small = is_small
+        self._components: PusaComponents | None = None
+        self._state: Literal["loading", "ready", "failed"] = "loading"
+        self._message = "waiting to load"
+        self._placement = "not placed yet"
+        self._job_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._prompt_cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._alpha: float | None = None
+
+    @classmethod
+    def from_source(cls, source: ModelSource, output_dir: Path = Path("outputs")) -> Engine:
+        return cls(lambda: load_components(source), output_dir, source.name, source.is_small)
+
+    @classmethod
+    def from_components(cls, components: PusaComponents, output_dir: Path = Path("outputs")) -> Engine:
+        return cls(lambda: components, output_dir, components.name, components.is_small)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the models in a background thread; returns at once. :meth:`status` tells the progress."""
+        if self._thread is not None:
+            return
+        self._message = f"loading {self._model_name}..."
+        self._thread = threading.Thread(target=self._load, name="pusa-engine-load", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            components = self._loader()
+        except Exception as err:  # any load failure must reach the status line, not kill the app
+            self._state, self._message = "failed", f"could not load {self._model_name}: {err}"
+            return
+        self._components = components
+        self._placement = "CPU (float32)"
+        self._state = "ready"
+        self._message = f"{components.name} ready (loaded in {time.perf_counter() - t0:.1f} s)"
+
+    def wait_ready(self, timeout: float | None = None) -> EngineStatus:
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        self._thread.join(timeout)
+        return self.status()
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(self._state, self._message, self._model_name, self._is_small, self._placement)
+
+    def defaults(self) -> Settings:
+        """Settings this model is meant to run at (the small model's own size and length)."""
+        return self._components.defaults if self._components is not None else Settings()
+
+    def default_noise_multiplier(self) -> float:
+        return self._components.noise_multiplier if self._components is not None else 0.2
+
+    def memory_report(self, settings: Settings) -> str:
+        return f"{self._placement}: {settings.width}x{settings.height}, {settings.num_frames} frames"
+
+    # -- one job ---------------------------------------------------------------------------------
+    def generate(
+        self, request: Request, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> GenerationResult:
+        """Run one job to an MP4. Raises PusaInputError, GenerationCancelled, EngineNotReady or OutOfMemory."""
+        plan = plan_request(request)  # validation first: bad input is answered even while loading
+        components = self._components
+        if components is None:
+            raise EngineNotReady(
+                f"the model is still loading ({self._message}); try again when the status says ready"
+                if self._state == "loading"
+                else f"the model failed to load: {self._message}"
+            )
+        with self._job_lock:
+            try:
+                return self._run(components, request, plan, progress or (lambda p: None), cancel)
+            except torch.OutOfMemoryError:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                s = request.settings
+                raise OutOfMemory(
+                    f"out of GPU memory at {s.width}x{s.height}, {s.num_frames} frames: lower the size "
+                    "(e.g. 832x480), the frame count, or use --placement offload; the app is ready for the next job"
+                ) from None
+
+    def _run(
+        self,
+        c: PusaComponents,
+        request: Request,
+        plan: Conditioning,
+        progress: ProgressCallback,
+        cancel: threading.Event | None,
+    ) -> GenerationResult:
+        s = request.settings
+        seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
+        start = time.perf_counter()
+        device = next(c.transformer.parameters()).device
+
+        def report(phase: str, within: float, message: str, **extra: Any) -> None:
+            lo, hi = _PHASES[phase]
+            progress(Progress(phase, lo + (hi - lo) * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
+
+        report("prompt", 0.0, "encoding prompt")
+        positive = self._embed(c, s.prompt).to(device)
+        negative = self._embed(c, s.negative_prompt).to(device) if s.cfg != 1.0 else None
+
+        report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
+        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan).items()}
+
+        if c.has_lora and self._alpha != s.lora_alpha:
+            set_lora_alpha(c.transformer, s.lora_alpha)
+            self._alpha = s.lora_alpha
+
+        shape = (1, c.transformer.config.in_channels, plan.num_latent_frames, s.height // 8, s.width // 8)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
+
+        def on_step(r: StepReport) -> None:
+            eta = r.seconds / r.step * (r.total - r.step)
+            report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta)
+
+        report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
+        result = sample(
+            c.transformer, noise, cond_latents, plan.multiplier_vector(), positive, negative,
+            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel,
+        )
+
+        report("decode", 0.0, "decoding frames")
+        frames = from_model_pixels(decode_latents(c.vae, result.latents))
+
+        report("write", 0.0, "writing video")
+        settings = request_to_dict(request, seed=seed)
+        settings["model"] = c.name
+        settings["timing_seconds"] = {"denoise": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
+        video_path = self._output_path(request.task, seed)
+        write_mp4(frames, video_path, s.fps, settings)
+        settings_path = video_path.with_suffix(".json")
+        settings_path.write_text(json.dumps(settings, indent=2))
+        report("write", 1.0, "done")
+        return GenerationResult(
+            video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height
+        )
+
+    def _embed(self, c: PusaComponents, prompt: str) -> torch.Tensor:
+        key = (prompt, c.max_sequence_length)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = encode_prompts(c.tokenizer, c.text_encoder, [prompt], c.max_sequence_length)
+            if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        self._prompt_cache.move_to_end(key)
+        return self._prompt_cache[key]
+
+    def _encode_inputs(self, c: PusaComponents, request: Request, plan: Conditioning) -> dict[int, torch.Tensor]:
+        """Clean latents ``[1, C, 1, h, w]`` per conditioned slot."""
+        s = request.settings
+        if isinstance(request, (ImageToVideo, MultiFrames)):
+            images = [request.image] if isinstance(request, ImageToVideo) else list(request.images)
+            out = {}
+            for i, (position, image) in enumerate(zip(plan.positions, images)):
+                field = "image" if isinstance(request, ImageToVideo) else f"images[{i + 1}]"
+                frame = fit_frame(load_image(image, field), s.width, s.height, s.fit)
+                # Every image is encoded alone as a 1-frame clip, whatever slot it goes to.
+                out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]))
+            return out
+        if isinstance(request, VideoToVideo):
+            needed = frames_needed(plan.positions)
+            frames, _ = read_video(request.video, max_frames=needed)
+            if len(frames) < needed:
+                raise PusaInputError(
+                    "video",
+                    f"has {len(frames)} frames but position {max(plan.positions)} needs at least {needed}; "
+                    "use a longer video or lower positions",
+                )
+            fitted = np.stack([fit_frame(f, s.width, s.height, s.fit) for f in frames])
+            # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
+            # for those slots as encoding the whole clip.
+            latents = encode_pixels(c.vae, to_model_pixels(fitted))
+            return {p: latents[:, :, p : p + 1] for p in plan.positions}
+        return {}
+
+    def _output_path(self, task: str, seed: int) -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = self.output_dir / f"{task}_{stamp}_seed{seed}.mp4"
+        n = 1
+        while path.exists() or path.with_suffix(".json").exists():
+            n += 1
+            path = self.output_dir / f"{task}_{stamp}_seed{seed}_{n}.mp4"
+        return path
+
+
+def with_settings(request: Request, **changes: Any) -> Request:
+    """A copy of ``request`` with some settings changed."""
+    return replace(request, settings=replace(request.settings, **changes))
