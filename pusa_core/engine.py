@@ -183,7 +183,7 @@ class Engine:
 
         def report(phase: str, within: float, message: str, **extra: Any) -> None:
             lo, hi = _PHASES[phase]
-            progress(Progress(phase, lo + (hi - lo) * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
+            progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
 
         report("prompt", 0.0, "encoding prompt")
         positive = self._embed(c, s.prompt).to(device)
