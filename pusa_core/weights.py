@@ -160,12 +160,12 @@ def _component_problems(root: Path) -> list[str]:
     problems = []
     for component in MODEL_COMPONENTS:
         component_dir = root / component
+        if not component_dir.is_dir():
+            problems.append(_describe(root, f"{component}/", "folder missing"))
+            continue
         if not (component_dir / "config.json").is_file():
             problems.append(_describe(root, f"{component}/config.json", "missing"))
-        if component_dir.is_dir():
-            problems += _weights_problems(component_dir, root)
-        else:
-            problems.append(_describe(root, f"{component}/", "missing"))
+        problems += _weights_problems(component_dir, root)
     return problems + _tokenizer_problems(root / "tokenizer", root)
 
 
@@ -339,23 +339,24 @@ def _list(problems: Iterable[str]) -> str:
 
 
 def _how_to_fix(search: _RealSearch, weights_dir: Path) -> str:
-    if search.base.kind == "original" and search.base.problems:
+    lora_only = f"hf download {LORA_REPO_ID} {LORA_FILENAME} --local-dir {shlex.quote(str(search.lora.path.parent))}"
+    if search.base.kind == "original":
+        if not search.base.problems:
+            return f"Fetch the LoRA with: {lora_only}"
         return (
             f"Complete the original download with: hf download {ORIGINAL_BASE_REPO_ID} "
             f"--local-dir {shlex.quote(str(search.base.base_dir))}\n"
             f"or fetch the diffusers layout instead with: {fetch_command(weights_dir)}"
         )
-    if not search.base.problems and search.lora.problems:
-        return (
-            f"Fetch the LoRA with: {fetch_command(weights_dir)}\n"
-            f"or: hf download {LORA_REPO_ID} {LORA_FILENAME} --local-dir {shlex.quote(str(search.lora.path.parent))}"
-        )
+    if not search.base.problems:
+        return f"Fetch the LoRA with: {fetch_command(weights_dir)}\nor: {lora_only}"
     return f"Fetch them with: {fetch_command(weights_dir)}"
 
 
 def _real_missing_message(search: _RealSearch, weights_dir: Path) -> str:
     problems = [*search.base.problems, *search.lora.problems]
-    return f"The Pusa 14B model is incomplete; missing or broken:\n{_list(problems)}\n{_how_to_fix(search, weights_dir)}"
+    fix = _how_to_fix(search, weights_dir)
+    return f"The Pusa V1 14B model is incomplete; missing or broken:\n{_list(problems)}\n{fix}"
 
 
 def resolve_model_source(
@@ -399,8 +400,8 @@ def resolve_model_source(
         return tiny
     raise WeightsError(
         "No model to run: the real 14B weights are not here and neither is the small model "
-        f"{TINY_DIRNAME} ({item.path} is missing or incomplete; it is being trained and will ship "
-        f"in the repository).\n{_real_missing_message(search, weights_dir)}"
+        f"{TINY_DIRNAME}, which is not in this checkout yet ({item.path} is missing or incomplete; "
+        f"it is being trained and will ship in weights/).\n{_real_missing_message(search, weights_dir)}"
     )
 
 
@@ -421,33 +422,41 @@ def preflight(
         bad = WeightItem("Wan2.1-T2V-14B base", Path(base_dir or weights_dir), (str(exc),))
         return PreflightReport((), (bad,), None, summary, fetch_command(weights_dir))
     base_item, lora_item = search.items()
-    _, tiny_item = _find_tiny(weights_dir, shipped_tiny_dir)
+    tiny, tiny_item = _find_tiny(weights_dir, shipped_tiny_dir)
     items = (base_item, lora_item, tiny_item)
     found = tuple(i for i in items if i.found)
     missing = tuple(i for i in items if not i.found)
-    explicit = base_dir is not None or lora_path is not None
-    try:
-        source = resolve_model_source(
-            weights_dir, base_dir, lora_path, hf_cache_dir=hf_cache_dir, shipped_tiny_dir=shipped_tiny_dir
-        )
-    except WeightsError:
-        source = None
-
     if search.complete:
         summary = (
             f"Found the {base_item.label} at {base_item.path} and the Pusa V1 LoRA at {lora_item.path}: "
             "the app runs the real Pusa V1 14B model."
         )
-        return PreflightReport(found, missing, source, summary, None)
+        return PreflightReport(found, missing, search.source(), summary, None)
+
+    # As resolve_model_source in auto mode: explicit paths never fall back to the small model.
+    explicit = base_dir is not None or lora_path is not None
+    source = None if explicit else tiny
 
     missing_real = [*base_item.problems, *lora_item.problems]
-    head = f"The real Pusa V1 14B model is not complete ({len(missing_real)} missing or broken, first: {missing_real[0]})."
+    if not base_item.path.exists() and lora_item.problems:
+        head = f"The real Pusa V1 14B weights are not downloaded ({base_item.path} and {lora_item.path} are missing)."
+    else:
+        head = (
+            f"The real Pusa V1 14B model is incomplete ({len(missing_real)} missing or broken, "
+            f"first: {missing_real[0]})."
+        )
     fix = _how_to_fix(search, weights_dir)
     if source is not None:
-        runs = f"The app runs the small demo model {TINY_DIRNAME} from {source.base_dir} instead: it shows how the app works, not the quality of Pusa."
+        runs = (
+            f"The app runs the small demo model {TINY_DIRNAME} from {source.base_dir} instead: "
+            "it shows how the app works, not the quality of Pusa."
+        )
     elif explicit:
         runs = "The app cannot start until the paths given on the command line hold a complete model."
     else:
-        runs = f"The small model {TINY_DIRNAME} is not here either ({tiny_item.problems[0]}), so the app has no model to run."
+        runs = (
+            f"The small model {TINY_DIRNAME} is not here either ({tiny_item.problems[0]}), "
+            "so the app has no model to run."
+        )
     summary = f"{head} {runs} {fix.replace(chr(10), ' ')}"
     return PreflightReport(found, missing, source, summary, fetch_command(weights_dir))
