@@ -1,0 +1,228 @@
+"""The one bridge from the UI to the engine: readiness, progress, cancel and error messages.
+
+Every tab hands :meth:`Runner.generate` a function that builds its typed request; the runner turns
+the engine's exceptions into ``gr.Error`` messages that name the form field and the fix, its
+``Progress`` into ``gr.Progress`` with an ETA, and a Cancel click into the engine's cancel event.
+Nothing here stops the app: after any error the engine is ready for the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
+from pusa_core.errors import EngineNotReady, GenerationCancelled, PusaInputError
+from pusa_core.requests import Request, Settings
+from ui.common import job_size_reader, parse_size
+from ui.zerogpu import wrap_for_zerogpu
+
+log = logging.getLogger(__name__)
+
+# Engine field names -> the labels the form shows.
+FIELD_LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "image": "Image",
+    "images": "Images",
+    "video": "Video",
+    "noise_multiplier": "Noise multiplier",
+    "positions": "Positions",
+    "multipliers": "Multipliers",
+    "steps": "Inference steps",
+    "cfg": "Guidance (CFG)",
+    "lora_alpha": "LoRA alpha",
+    "width": "Size (width)",
+    "height": "Size (height)",
+    "size": "Size",
+    "num_frames": "Frames",
+    "fps": "Frames per second",
+    "fit": "Fit",
+    "seed": "Seed",
+    "settings file": "Settings file",
+}
+PHASE_LABELS = {
+    "prompt": "Encoding the prompt",
+    "inputs": "Encoding the input frames",
+    "denoise": "Denoising",
+    "decode": "Decoding the frames",
+    "write": "Writing the MP4",
+}
+GPU_QUEUE = "gpu"  # every tab's Generate shares this queue: one engine, one job at a time
+NO_SESSION = "no-session"  # direct calls without a gradio request share one cancel slot
+
+Outputs = tuple[str | None, str | None, int | None, str]
+
+
+def field_label(field: str) -> str:
+    """``images[2]`` -> ``Images (image 2)``; unknown fields keep their own name."""
+    base, _, rest = field.partition("[")
+    label = FIELD_LABELS.get(base, field)
+    return f"{label} (image {rest.rstrip(']')})" if rest and base == "images" else label
+
+
+def field_message(field: str, message: str) -> str:
+    """``("prompt", "is empty; ...")`` -> ``"Prompt is empty; ..."``; other messages follow a colon."""
+    label = field_label(field)
+    joins_as_sentence = message.split(" ", 1)[0] in ("is", "are", "has", "have", "must", "needs")
+    return f"{label} {message}" if joins_as_sentence else f"{label}: {message}"
+
+
+def input_error(err: PusaInputError) -> gr.Error:
+    return gr.Error(field_message(err.field, err.message), title=f"Check “{field_label(err.field)}”", print_exception=False)
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0, round(seconds))
+    return f" · about {seconds // 60}:{seconds % 60:02d} left" if seconds >= 60 else f" · about {seconds} s left"
+
+
+def progress_text(p: Progress) -> str:
+    label = PHASE_LABELS.get(p.phase, p.phase)
+    if p.step is not None and p.total:
+        return f"{label}: step {p.step}/{p.total}{format_eta(p.eta_seconds)}"
+    return label
+
+
+def describe_result(result: GenerationResult, fps: int | float) -> str:
+    return (
+        f"Done in {result.seconds:.1f} s: {result.num_frames} frames of {result.width}x{result.height} at {fps:g} fps "
+        f"({result.num_frames / fps:.1f} s), seed {result.seed}. Saved as `{result.video_path}`."
+    )
+
+
+@dataclass
+class _Job:
+    cancel: threading.Event
+    last: Progress | None = None
+
+
+class Runner:
+    """Runs requests on one engine for every tab and session; one job at a time (the engine's lock and the queue)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+
+    def require_ready(self) -> None:
+        """Generate explains and does nothing until the model is loaded."""
+        status = self.engine.status()
+        if status.state == "loading":
+            raise gr.Error(
+                f"The model is still loading ({status.message}). Generate works as soon as the status line at the top "
+                "says Ready; nothing was started.",
+                title="Model still loading",
+                print_exception=False,
+            )
+        if status.state == "failed":
+            raise gr.Error(
+                f"The model could not be loaded: {status.message}. Fix that and restart the app.",
+                title="No model",
+                print_exception=False,
+            )
+
+    def generate(
+        self, build: Callable[[], Request], session: str | None, progress: gr.Progress | None = None
+    ) -> Outputs:
+        """Build the request and run it: (video path, settings path, seed used, message)."""
+        self.require_ready()
+        try:
+            request = build()
+        except PusaInputError as err:
+            raise input_error(err) from None
+        job = _Job(threading.Event())
+        key = session or NO_SESSION
+        with self._lock:
+            self._jobs[key] = job
+
+        def report(p: Progress) -> None:
+            job.last = p
+            if progress is not None:
+                progress(p.fraction, desc=progress_text(p))
+
+        try:
+            result = self.engine.generate(request, progress=report, cancel=job.cancel)
+        except PusaInputError as err:
+            raise input_error(err) from None
+        except GenerationCancelled:
+            return None, None, None, self._cancelled_message(job)
+        except OutOfMemory as err:
+            raise gr.Error(str(err), title="Out of memory", print_exception=False) from None
+        except EngineNotReady as err:
+            raise gr.Error(f"{err}.", title="Model not ready", print_exception=False) from None
+        except Exception as err:  # the UI boundary: an unexpected failure is reported, the app keeps serving
+            log.exception("generation failed")
+            raise gr.Error(
+                f"Generation failed: {type(err).__name__}: {err}. The app is still running; "
+                "try again, or with a smaller size or fewer frames.",
+                title="Generation failed",
+            ) from None
+        finally:
+            with self._lock:
+                if self._jobs.get(key) is job:
+                    del self._jobs[key]
+        return str(result.video_path), str(result.settings_path), result.seed, describe_result(result, request.settings.fps)
+
+    def cancel(self, session: str | None) -> str:
+        """Ask this session's running job to stop at the next denoising step."""
+        with self._lock:
+            job = self._jobs.get(session or NO_SESSION)
+        if job is None:
+            return "Nothing of yours is running, so there is nothing to cancel."
+        job.cancel.set()
+        return "Cancelling: the job stops at the next denoising step."
+
+    @staticmethod
+    def _cancelled_message(job: _Job) -> str:
+        last = job.last
+        where = f" after step {last.step} of {last.total}" if last and last.step is not None and last.total else ""
+        return f"Cancelled{where}. Nothing was saved; the engine is ready for the next job."
+
+    def memory_line(self, size: str, frames: float | int) -> str:
+        """The engine's placement and memory forecast for this size, or why it cannot be given."""
+        try:
+            width, height = parse_size(size)
+        except PusaInputError as err:
+            return f"Memory: {field_message(err.field, err.message)}"
+        if not float(frames).is_integer():
+            return "Memory: Frames must be a whole number."
+        settings = Settings(width=width, height=height, num_frames=int(frames))
+        return f"Memory: {self.engine.memory_report(settings)}"
+
+
+def wire_job(
+    runner: Runner,
+    *,
+    generate: gr.Button,
+    cancel: gr.Button,
+    fn: Callable[..., Outputs],
+    inputs: Sequence[gr.components.Component],
+    outputs: Sequence[gr.components.Component],
+    message: gr.Markdown,
+    api_name: str,
+    public_cancel: bool,
+) -> None:
+    """Generate runs ``fn`` in the shared GPU queue under a stable ``api_name``; Cancel never waits in that queue."""
+    generate.click(
+        wrap_for_zerogpu(fn, job_size_reader(fn)),
+        list(inputs),
+        list(outputs),
+        api_name=api_name,
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=1,
+    )
+
+    def cancel_job(request: gr.Request) -> str:
+        """Stop this session's running job at its next denoising step."""
+        return runner.cancel(request.session_hash if request else None)
+
+    extra: dict[str, Any] = {"api_name": "cancel"} if public_cancel else {"api_visibility": "private"}
+    cancel.click(cancel_job, None, message, concurrency_limit=None, **extra)
