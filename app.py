@@ -4,7 +4,8 @@ Flags (each also read from an environment variable, flags win):
   --host / PUSA_HOST (127.0.0.1)          --port / PUSA_PORT (7860)        --share (off)
   --weights-dir / PUSA_WEIGHTS_DIR (weights)  --base-dir / PUSA_BASE_DIR   --lora / PUSA_LORA
   --model / PUSA_MODEL {auto,pusa-14b,pusa-tiny,random-tiny} (auto)
-  --placement / PUSA_PLACEMENT {shard,single,offload,cpu}   --output-dir / PUSA_OUTPUT_DIR (outputs)
+  --placement / PUSA_PLACEMENT {shard,single,offload,cpu}   --fp8 / PUSA_FP8=1
+  --output-dir / PUSA_OUTPUT_DIR (outputs)
 
 The page is up at once; the model loads in the background and the status line says when it is ready.
 Without the real weights, ``auto`` runs the small model shipped in ``weights/pusa-tiny`` (or, when that
@@ -19,6 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# First: on a ZeroGPU Space, `spaces` must be imported before torch initialises CUDA.
+import ui.zerogpu  # noqa: F401  isort: skip
+
 import gradio as gr
 
 from pusa_core.engine import Engine
@@ -29,7 +33,6 @@ from pusa_core.weights import DEFAULT_WEIGHTS_DIR, MODEL_CHOICES, WeightsError, 
 from ui.blocks import build_app
 
 RANDOM_TINY = "random-tiny"
-SMALL_MODEL_WAIT_SECONDS = 60
 
 
 def _env_path(name: str) -> Path | None:
@@ -54,6 +57,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--placement", choices=PLACEMENT_KINDS, default=None,
         help=f"where the model runs (default: chosen for this machine; env {PLACEMENT_ENV} also works)",
+    )
+    parser.add_argument(
+        "--fp8", action="store_true", default=os.environ.get("PUSA_FP8", "") == "1",
+        help="store the 14B transformer's weights in fp8 (computes in bf16): about half the GPU memory (env PUSA_FP8=1)",
     )
     parser.add_argument("--output-dir", type=Path, default=_env_path("PUSA_OUTPUT_DIR") or Path("outputs"))
     args = parser.parse_args(argv)
@@ -84,7 +91,7 @@ def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     print(report.summary, flush=True)
     try:
         source = resolve_model_source(args.weights_dir, args.base_dir, args.lora, args.model)
-    except WeightsError as err:
+    except WeightsError:
         explicit = args.model != "auto" or args.base_dir is not None or args.lora is not None
         if explicit:
             raise
@@ -92,9 +99,8 @@ def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         return Engine.from_components(random_tiny_components(), output_dir=args.output_dir), random_model_notice(
             f"No model was found. {report.summary}" + (f"\n\n```bash\n{report.fetch_command}\n```" if report.fetch_command else "")
         )
-    # No --placement: the engine chooses for this machine.
-    placement = {"placement": args.placement} if args.placement else {}
-    engine = Engine.from_source(source, output_dir=args.output_dir, **placement)
+    # No --placement: the engine chooses for this machine (PUSA_PLACEMENT is read there too).
+    engine = Engine.from_source(source, output_dir=args.output_dir, placement=args.placement, fp8=args.fp8)
     notice = small_model_notice(report.summary, report.fetch_command) if source.is_small else ""
     return engine, notice
 
@@ -120,10 +126,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except WeightsError as err:
         sys.exit(f"pusa studio: {err}")
     engine.start()
-    if engine.status().is_small:
-        # A small model loads in seconds; waiting lets the form and the API show its own size and length
-        # as defaults. The 14B model loads behind the served page instead.
-        engine.wait_ready(SMALL_MODEL_WAIT_SECONDS)
     launch(build_app(engine, notice), args.host, args.port, args.output_dir, share=args.share)
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +25,10 @@ import torch
 from .conditioning import Conditioning, frames_needed, plan_request
 from .errors import EngineNotReady, PusaInputError
 from .latents import decode_latents, encode_pixels
-from .loading import PusaComponents, load_components
+from .loading import PusaComponents, load_components, source_defaults
 from .lora import set_lora_alpha
+from .memory import JobSize, PlanOptions
+from .placement import Placement, StageDevices, apply_placement, apply_vae_tiling, choose_placement, detect_gpus, plan_job
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .requests import ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import StepReport, sample
@@ -79,27 +81,48 @@ ProgressCallback = Callable[[Progress], None]
 class Engine:
     """Owns the loaded components. Build with :meth:`from_source` (real use) or :meth:`from_components` (tests)."""
 
-    def __init__(self, loader: Callable[[], PusaComponents], output_dir: Path, model_name: str, is_small: bool) -> None:
+    def __init__(
+        self,
+        loader: Callable[[], PusaComponents],
+        output_dir: Path,
+        model_name: str,
+        is_small: bool,
+        placement: str | None = None,
+        fp8: bool = False,
+        defaults: Settings | None = None,
+    ) -> None:
         self._loader = loader
         self.output_dir = Path(output_dir)
         self._model_name = model_name
         self._is_small = is_small
+        self._requested_placement = placement
+        self._fp8 = fp8
+        self._defaults = defaults
         self._components: PusaComponents | None = None
+        self._placement: Placement | None = None
+        self._devices: StageDevices | None = None
         self._state: Literal["loading", "ready", "failed"] = "loading"
         self._message = "waiting to load"
-        self._placement = "not placed yet"
         self._job_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._prompt_cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._alpha: float | None = None
 
     @classmethod
-    def from_source(cls, source: ModelSource, output_dir: Path = Path("outputs")) -> Engine:
-        return cls(lambda: load_components(source), output_dir, source.name, source.is_small)
+    def from_source(
+        cls, source: ModelSource, output_dir: Path = Path("outputs"), placement: str | None = None, fp8: bool = False
+    ) -> Engine:
+        """An engine that loads ``source`` when started. ``placement`` overrides the automatic choice."""
+        return cls(
+            lambda: load_components(source), output_dir, source.name, source.is_small,
+            placement=placement, fp8=fp8, defaults=source_defaults(source),
+        )
 
     @classmethod
-    def from_components(cls, components: PusaComponents, output_dir: Path = Path("outputs")) -> Engine:
-        return cls(lambda: components, output_dir, components.name, components.is_small)
+    def from_components(
+        cls, components: PusaComponents, output_dir: Path = Path("outputs"), placement: str | None = None
+    ) -> Engine:
+        return cls(lambda: components, output_dir, components.name, components.is_small, placement, defaults=components.defaults)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,13 +137,28 @@ class Engine:
         t0 = time.perf_counter()
         try:
             components = self._loader()
+            self._message = f"placing {self._model_name}..."
+            self._placement, self._devices = self._place(components)
         except Exception as err:  # any load failure must reach the status line, not kill the app
             self._state, self._message = "failed", f"could not load {self._model_name}: {err}"
             return
         self._components = components
-        self._placement = "CPU (float32)"
         self._state = "ready"
         self._message = f"{components.name} ready (loaded in {time.perf_counter() - t0:.1f} s)"
+
+    def _place(self, c: PusaComponents) -> tuple[Placement, StageDevices]:
+        """Choose where each component runs for this machine, from the loaded models' own sizes."""
+        options = PlanOptions.with_text_encoder_config(
+            c.text_encoder.config,
+            weights="fp32" if c.is_small else ("fp8" if self._fp8 else "bf16"),
+            lora_rank=c.lora_rank,
+            transformer_config=dict(c.transformer.config),
+            vae_config=dict(c.vae.config),
+        )
+        d = c.defaults
+        job = JobSize(d.width, d.height, d.num_frames) if c.is_small else JobSize(1280, 720, 81)
+        placement = choose_placement(detect_gpus(), job=job, requested=self._requested_placement, options=options)
+        return placement, apply_placement(placement, c.transformer, c.text_encoder, c.vae)
 
     def wait_ready(self, timeout: float | None = None) -> EngineStatus:
         if self._thread is None:
@@ -130,17 +168,26 @@ class Engine:
         return self.status()
 
     def status(self) -> EngineStatus:
-        return EngineStatus(self._state, self._message, self._model_name, self._is_small, self._placement)
+        where = f"{self._placement.kind}: {self._placement.reason}" if self._placement else "not placed yet"
+        return EngineStatus(self._state, self._message, self._model_name, self._is_small, where)
 
     def defaults(self) -> Settings:
         """Settings this model is meant to run at (the small model's own size and length)."""
-        return self._components.defaults if self._components is not None else Settings()
+        if self._components is not None:
+            return self._components.defaults
+        return self._defaults or Settings()
 
     def default_noise_multiplier(self) -> float:
         return self._components.noise_multiplier if self._components is not None else 0.2
 
     def memory_report(self, settings: Settings) -> str:
-        return f"{self._placement}: {settings.width}x{settings.height}, {settings.num_frames} frames"
+        """The memory plan for a job of this size under the current placement, in one paragraph."""
+        if self._placement is None:
+            return "The memory plan appears once the model is loaded."
+        try:
+            return plan_job(self._placement, JobSize(settings.width, settings.height, settings.num_frames)).summary()
+        except PusaInputError as err:
+            return str(err)
 
     # -- one job ---------------------------------------------------------------------------------
     def generate(
@@ -177,20 +224,26 @@ class Engine:
         cancel: threading.Event | None,
     ) -> GenerationResult:
         s = request.settings
+        assert self._placement is not None and self._devices is not None
+        memory = plan_job(self._placement, JobSize(s.width, s.height, s.num_frames))
+        if memory.verdict != "ok":
+            raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
+        apply_vae_tiling(c.vae, memory)
+        devices = self._devices
+        device = devices.transformer_device
         seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
         start = time.perf_counter()
-        device = next(c.transformer.parameters()).device
 
         def report(phase: str, within: float, message: str, **extra: Any) -> None:
             lo, hi = _PHASES[phase]
             progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
 
         report("prompt", 0.0, "encoding prompt")
-        positive = self._embed(c, s.prompt).to(device)
-        negative = self._embed(c, s.negative_prompt).to(device) if s.cfg != 1.0 else None
+        positive = self._embed(c, s.prompt, devices.text_device).to(device)
+        negative = self._embed(c, s.negative_prompt, devices.text_device).to(device) if s.cfg != 1.0 else None
 
         report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
-        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan).items()}
+        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
 
         if c.has_lora and self._alpha != s.lora_alpha:
             set_lora_alpha(c.transformer, s.lora_alpha)
@@ -210,7 +263,7 @@ class Engine:
         )
 
         report("decode", 0.0, "decoding frames")
-        frames = from_model_pixels(decode_latents(c.vae, result.latents))
+        frames = from_model_pixels(decode_latents(c.vae, result.latents, devices.vae_device))
 
         report("write", 0.0, "writing video")
         settings = request_to_dict(request, seed=seed)
@@ -225,16 +278,18 @@ class Engine:
             video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height
         )
 
-    def _embed(self, c: PusaComponents, prompt: str) -> torch.Tensor:
+    def _embed(self, c: PusaComponents, prompt: str, device: torch.device) -> torch.Tensor:
         key = (prompt, c.max_sequence_length)
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = encode_prompts(c.tokenizer, c.text_encoder, [prompt], c.max_sequence_length)
+            self._prompt_cache[key] = encode_prompts(c.tokenizer, c.text_encoder, [prompt], c.max_sequence_length, device)
             if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
                 self._prompt_cache.popitem(last=False)
         self._prompt_cache.move_to_end(key)
         return self._prompt_cache[key]
 
-    def _encode_inputs(self, c: PusaComponents, request: Request, plan: Conditioning) -> dict[int, torch.Tensor]:
+    def _encode_inputs(
+        self, c: PusaComponents, request: Request, plan: Conditioning, device: torch.device
+    ) -> dict[int, torch.Tensor]:
         """Clean latents ``[1, C, 1, h, w]`` per conditioned slot."""
         s = request.settings
         if isinstance(request, (ImageToVideo, MultiFrames)):
@@ -244,7 +299,7 @@ class Engine:
                 field = "image" if isinstance(request, ImageToVideo) else f"images[{i + 1}]"
                 frame = fit_frame(load_image(image, field), s.width, s.height, s.fit)
                 # Every image is encoded alone as a 1-frame clip, whatever slot it goes to.
-                out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]))
+                out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]), device)
             return out
         if isinstance(request, VideoToVideo):
             needed = frames_needed(plan.positions)
@@ -258,7 +313,7 @@ class Engine:
             fitted = np.stack([fit_frame(f, s.width, s.height, s.fit) for f in frames])
             # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
             # for those slots as encoding the whole clip.
-            latents = encode_pixels(c.vae, to_model_pixels(fitted))
+            latents = encode_pixels(c.vae, to_model_pixels(fitted), device)
             return {p: latents[:, :, p : p + 1] for p in plan.positions}
         return {}
 
@@ -272,7 +327,3 @@ class Engine:
             path = self.output_dir / f"{task}_{stamp}_seed{seed}_{n}.mp4"
         return path
 
-
-def with_settings(request: Request, **changes: Any) -> Request:
-    """A copy of ``request`` with some settings changed."""
-    return replace(request, settings=replace(request.settings, **changes))

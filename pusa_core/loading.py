@@ -19,7 +19,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from .lora import load_lora
+from .lora import ADAPTER_NAME, load_lora
 from .requests import Settings
 from .text import MAX_SEQUENCE_LENGTH
 from .transformer import PusaTransformer3DModel
@@ -45,6 +45,12 @@ class PusaComponents:
     noise_multiplier: float = 0.2
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     has_lora: bool = False
+
+    @property
+    def lora_rank(self) -> int:
+        """Rank of the loaded Pusa LoRA (0 without one), for the memory planner."""
+        config = getattr(self.transformer, "peft_config", {}).get(ADAPTER_NAME)
+        return int(config.r) if self.has_lora and config is not None else 0
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -131,6 +137,11 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype = torch.bfloat16) -> 
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     return transformer, vae, text_encoder, tokenizer
+
+
+def source_defaults(source: ModelSource) -> Settings:
+    """The settings a model is meant to run at, readable before it loads (the page needs them at once)."""
+    return _tiny_defaults(source.base_dir)[0] if source.kind == "tiny" else Settings()
 
 
 def _tiny_defaults(folder: Path) -> tuple[Settings, dict[str, Any]]:

@@ -17,8 +17,12 @@ def encode_prompts(
     text_encoder: torch.nn.Module,
     prompts: Sequence[str],
     max_length: int = MAX_SEQUENCE_LENGTH,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Embeddings ``[len(prompts), max_length, dim]`` on the text encoder's device; rows past each prompt are 0."""
+    """Embeddings ``[len(prompts), max_length, dim]``; rows past each prompt are 0.
+
+    ``device`` is where the encoder runs (default: where its weights are; pass it when they are offloaded).
+    """
     cleaned = [prompt_clean(p) for p in prompts]
     batch = tokenizer(
         cleaned,
@@ -29,7 +33,7 @@ def encode_prompts(
         return_attention_mask=True,
         return_tensors="pt",
     )
-    device = next(text_encoder.parameters()).device
+    device = device or next(text_encoder.parameters()).device
     mask = batch.attention_mask.to(device)
     hidden = text_encoder(batch.input_ids.to(device), mask).last_hidden_state
     # Wan was trained with zeros past the real length, not the encoder's outputs at padding positions.

@@ -1,0 +1,255 @@
+"""The memory planner on the meta device with the real 14B config, its activation model, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from transformers import UMT5Config
+
+from pusa_core import plan as plan_cli
+from pusa_core.errors import PusaInputError
+from pusa_core.memory import (
+    GIB,
+    UMT5_XXL_PARAMS,
+    WAN_14B_TRANSFORMER_CONFIG,
+    JobSize,
+    PlanOptions,
+    build_meta_transformer,
+    estimate_activations,
+    meta_models,
+    plan_memory,
+)
+from pusa_core.placement import choose_placement, plan_job, simulated_gpus
+from pusa_core.transformer import PusaTransformer3DModel
+
+ROOT = Path(__file__).resolve().parents[1]
+P480, P720 = (832, 480), (1280, 720)
+CASES = [((48, 48), P480), ((48, 48), P720), ((24, 24), P480), ((24, 24), P720),
+         ((80,), P480), ((80,), P720), ((24,), P480), ((24,), P720)]
+# The planner's choice for each GPU set (2x24 GB cannot hold the bf16 14B + LoRA sharded, so it streams).
+EXPECTED_KIND = {(48, 48): "shard", (24, 24): "offload", (80,): "single", (24,): "offload"}
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the mode and still alive (CPU has no allocator stats)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if id(storage) not in self.live and storage.nbytes():
+                    self.live[id(storage)] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, id(storage))
+        return out
+
+
+def _real_config() -> dict:
+    return json.loads(WAN_14B_TRANSFORMER_CONFIG.read_text())
+
+
+def _tensor_bytes(module: torch.nn.Module, lora: bool) -> int:
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return sum(t.numel() * t.element_size() for n, t in named if ("lora_" in n) == lora)
+
+
+def test_job_size_tokens_and_errors():
+    job = JobSize.parse("1280x720", 81)
+    assert (job.latent_frames, job.tokens) == (21, 21 * 45 * 80)
+    assert JobSize(832, 480, 81).tokens == 21 * 30 * 52
+    for args, field in ((("1280by720", 81), "size"), (("1000x720", 81), "width"), (("1280x720", 80), "frames")):
+        with pytest.raises(PusaInputError) as err:
+            JobSize.parse(*args)
+        assert err.value.field == field and ("multiple of 16" in str(err.value) or "4k+1" in str(err.value)
+                                             or "WIDTHxHEIGHT" in str(err.value))
+
+
+def test_planner_weights_equal_the_sum_of_parameter_sizes():
+    options = PlanOptions()
+    models = meta_models(options)
+    model, sizes = models.transformer, models.sizes
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) == 14_288_491_584
+    assert sizes.transformer == _tensor_bytes(model, lora=False)
+    assert sizes.lora == _tensor_bytes(model, lora=True)
+    # LoRA rank 512 on 8 attention linears (5120 -> 5120) and the two FFN linears (5120 <-> 13824), bf16.
+    assert sizes.lora == 40 * 512 * (8 * (5120 + 5120) + 2 * (5120 + 13824)) * 2
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    # from_pretrained(torch_dtype=bf16) keeps these modules in fp32; the planner does the same.
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert model.blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+    assert sizes.num_blocks == 40 and sizes.block == max(_tensor_bytes(b, False) + _tensor_bytes(b, True)
+                                                        for b in model.blocks)
+
+
+def test_fp8_sizes_come_from_layerwise_casting_and_keep_lora_bf16():
+    bf16, fp8 = meta_models(PlanOptions()).sizes, meta_models(PlanOptions(weights="fp8"))
+    model = fp8.transformer
+    assert model.blocks[3].ffn.net[2].base_layer.weight.dtype == torch.float8_e4m3fn
+    assert model.blocks[3].ffn.net[2].lora_A["default"].weight.dtype == torch.bfloat16
+    assert model.patch_embedding.weight.dtype == torch.bfloat16  # diffusers skips embeddings and norms
+    assert fp8.sizes.transformer == _tensor_bytes(model, lora=False)
+    assert fp8.sizes.lora == bf16.lora
+    assert 0.5 * bf16.transformer < fp8.sizes.transformer < 0.52 * bf16.transformer
+
+
+def test_text_encoder_size_from_a_config_matches_the_umt5_xxl_default():
+    xxl = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                     relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+    options = PlanOptions.with_text_encoder_config(xxl)
+    assert options.text_encoder_params == UMT5_XXL_PARAMS
+    assert options.text_encoder_largest_layer == 256384 * 4096
+    assert meta_models(options).sizes.text_encoder == UMT5_XXL_PARAMS * 2
+
+
+@pytest.mark.parametrize("gpus,size", CASES, ids=[f"{len(g)}x{g[0]}-{s[1]}p" for g, s in CASES])
+def test_plans_for_the_readme_cases(gpus, size):
+    job = JobSize(*size, 81)
+    placement = choose_placement(simulated_gpus(gpus), job, simulated=True)
+    plan = placement.memory
+    assert placement.kind == EXPECTED_KIND[gpus], placement.reason
+    assert plan.verdict == "ok", plan.problems
+    gpu_loads = [d for d in plan.devices if d.budget is not None]
+    assert gpu_loads and all(d.peak <= d.budget for d in gpu_loads)
+    assert all(d.peak == d.resident + max(d.stages.values()) for d in gpu_loads)
+    if placement.kind == "shard":
+        assert all(d.blocks for d in gpu_loads), "every GPU gets blocks"
+        assert sorted(b for d in gpu_loads for b in d.blocks) == list(range(40))
+        placed = sum(d.weights.get("transformer", 0) + d.weights.get("lora", 0) for d in plan.devices)
+        assert placed == plan.sizes.transformer + plan.sizes.lora
+        assert set(plan.device_map.values()) == {0, 1}
+    if placement.kind == "offload":
+        host = next(d for d in plan.devices if d.device == "cpu")
+        assert host.weights["transformer"] == plan.sizes.transformer and plan.text_streamed
+    assert plan.vae_tiling == (placement.kind == "offload" and size == P720)
+
+
+def test_shard_over_two_24gb_gpus_with_fp8():
+    plan = plan_memory("shard", simulated_gpus([24, 24]), JobSize(832, 480, 81), PlanOptions(weights="fp8"),
+                       simulated=True)
+    assert plan.verdict == "ok"
+    assert all(d.blocks for d in plan.devices) and all(d.peak <= d.budget for d in plan.devices)
+    assert plan.activations.fp8_upcast == 5120 * 13824 * 2
+
+
+def test_refusals_carry_suggestions_that_fit():
+    single = plan_memory("single", simulated_gpus([24]), JobSize(1280, 720, 81), simulated=True)
+    assert single.verdict == "refuse"
+    assert "cuda:0 needs" in single.problems[0]
+    assert any(s.startswith("offload (--placement offload)") for s in single.suggestions)
+
+    shard = plan_memory("shard", simulated_gpus([24, 24]), JobSize(832, 480, 81), simulated=True)
+    assert shard.verdict == "refuse"
+    assert any("left over" in p for p in shard.problems)
+    assert any(s.startswith("fp8 weights (--fp8)") for s in shard.suggestions)
+    assert any("frames instead of 81" in s for s in shard.suggestions)
+    frames = int(next(s for s in shard.suggestions if "frames instead" in s).split()[0])
+    assert plan_memory("shard", simulated_gpus([24, 24]), JobSize(832, 480, frames), simulated=True).verdict == "ok"
+
+    tiny_gpu = plan_memory("offload", simulated_gpus([6]), JobSize(1280, 720, 81), simulated=True)
+    assert tiny_gpu.verdict == "refuse" and tiny_gpu.suggestions
+    assert "Try:" in tiny_gpu.summary()
+
+
+def test_a_job_on_an_applied_split_keeps_the_split():
+    placement = choose_placement(simulated_gpus([48, 48]), JobSize(1280, 720, 81), simulated=True)
+    smaller = plan_job(placement, JobSize(832, 480, 49))
+    assert smaller.device_map == placement.memory.device_map
+    assert smaller.peak_device.peak < placement.memory.peak_device.peak
+
+
+def test_block_activation_model_is_conservative():
+    """The planner's block working set covers what a real block allocates (bf16, flash SDPA on CPU)."""
+    torch.manual_seed(0)
+    cfg = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=691, num_layers=1, text_dim=32, freq_dim=32)
+    model = PusaTransformer3DModel(**cfg).to(torch.bfloat16).eval()
+    options = PlanOptions(transformer_config=cfg, lora_rank=0)
+    job = JobSize(256, 256, 9)
+    dim, tokens = 256, job.tokens
+    block = model.blocks[0]
+    hidden = torch.randn(1, tokens, dim, dtype=torch.bfloat16)
+    text = torch.randn(1, 512, dim, dtype=torch.bfloat16)
+    temb = torch.randn(1, job.latent_frames, 6, dim)
+    rope = model.rope(torch.zeros(1, 16, job.latent_frames, 32, 32))
+    rope = tuple(r.float() for r in rope)
+    tracker = LiveBytes()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION), tracker:
+        out = block(hidden, text, temb, rope)
+    del out
+    predicted = estimate_activations(job, options, meta_models(options)).block
+    assert 0.6 * predicted < tracker.peak <= predicted
+
+
+def test_vae_decode_model_is_conservative():
+    torch.manual_seed(0)
+    cfg = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(**cfg).eval()
+    options = PlanOptions(vae_config=cfg, lora_rank=0)
+    job = JobSize(64, 64, 9)
+    latents = torch.randn(1, 16, job.latent_frames, 8, 8)
+    tracker = LiveBytes()
+    with torch.no_grad(), tracker:
+        out = vae.decode(latents).sample
+    assert out.shape == (1, 3, 9, 64, 64)
+    del out
+    predicted = estimate_activations(job, options, meta_models(options)).vae_decode
+    assert 0.6 * predicted < tracker.peak <= predicted
+
+
+def test_cli_prints_the_plan():
+    cmd = [sys.executable, "-m", "pusa_core.plan", "--gpus", "48,48", "--size", "1280x720", "--frames", "81"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "75600 tokens" in out and "Placement: shard" in out
+    assert "cuda:0" in out and "cuda:1" in out and "blocks 0-" in out and "-39" in out
+    assert "Predicted peak:" in out and "Verdict: ok" in out
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--size", "1280by720"], "size"),
+    (["--frames", "80"], "frames"),
+    (["--gpus", "48,x"], "--gpus"),
+    (["--placement", "everywhere"], "--placement"),
+])
+def test_cli_bad_flags_exit_2(flags, field, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        plan_cli.main(flags)
+    assert exit_.value.code == 2 and field in capsys.readouterr().err
+
+
+def test_cli_table(capsys):
+    assert plan_cli.main(["--table"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 2 + 8
+    assert rows[2].startswith("| 2x48 GB | 832x480 | shard | 19 / 21 |")
+    assert all(row.endswith("| ok |") for row in rows[2:])
+
+
+def test_gib_budget_is_below_the_card():
+    (gpu,) = simulated_gpus([48])
+    assert gpu.total == 48 * GIB and gpu.budget < gpu.total - GIB
+    with pytest.raises(PusaInputError, match="gpus"):
+        simulated_gpus([48, 0])
+    assert build_meta_transformer(_real_config(), "bf16", 0).blocks[0].attn1.to_q.weight.device.type == "meta"
