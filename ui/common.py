@@ -159,7 +159,13 @@ def prompt_box(placeholder: str, value: str = "") -> gr.Textbox:
 
 def shared_controls(defaults: Settings) -> SharedControls:
     """The settings accordion; rendered where it is called."""
-    with gr.Accordion("Settings: size, length, steps, seed, guidance", open=False):
+    # Steps and alpha are what users change most, so they stay in view; the rest folds away.
+    with gr.Row():
+        steps = gr.Slider(1, 50, value=defaults.steps, step=1, precision=0, label="Inference steps", info="10 is Pusa's default")
+        lora_alpha = gr.Slider(
+            0.1, 5.0, value=defaults.lora_alpha, step=0.1, label="LoRA alpha", info="Strength of the Pusa LoRA; 1.4 is Pusa's default"
+        )
+    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False):
         with gr.Row():
             size = gr.Dropdown(
                 size_choices(defaults),
@@ -178,16 +184,11 @@ def shared_controls(defaults: Settings) -> SharedControls:
             )
             fps = gr.Slider(1, 60, value=defaults.fps, step=1, precision=0, label="Frames per second")
         with gr.Row():
-            steps = gr.Slider(1, 50, value=defaults.steps, step=1, precision=0, label="Inference steps", info="10 is Pusa's default")
             cfg = gr.Slider(1.0, 15.0, value=defaults.cfg, step=0.5, label="Guidance (CFG)", info="1 turns guidance off (twice as fast)")
-            lora_alpha = gr.Slider(
-                0.1, 5.0, value=defaults.lora_alpha, step=0.1, label="LoRA alpha", info="Strength of the Pusa LoRA; 1.4 is Pusa's default"
-            )
-        with gr.Row():
             seed = gr.Number(value=0, precision=0, label="Seed", info="Used when 'Random seed' is off")
             randomize_seed = gr.Checkbox(value=True, label="Random seed", info="The seed used is shown with the video and saved")
         negative_prompt = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, max_lines=6)
-        memory = gr.Markdown()
+    memory = gr.Markdown()
     return SharedControls(negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, memory)
 
 
