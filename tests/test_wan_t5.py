@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import UMT5EncoderModel
 
+from conftest import GOLDEN_DIR, require_golden
 from pusa_core.wan_t5 import (
     UMT5_XXL_WAN,
     check_wan_t5_golden,
@@ -17,7 +18,6 @@ from pusa_core.wan_t5 import (
     umt5_xxl_config,
 )
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 TINY = dict(vocab=50, dim=16, dim_attn=24, dim_ffn=20, num_heads=3, num_layers=2, num_buckets=8)
 
 
@@ -43,9 +43,7 @@ def wan_state_dict(sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tens
 
 
 def test_golden_parity() -> None:
-    path = GOLDEN_DIR / "wan_t5_golden_v1.safetensors"
-    if not GOLDEN_DIR.is_dir():
-        pytest.skip(f"golden folder {GOLDEN_DIR} is absent")
+    path = require_golden(GOLDEN_DIR / "wan_t5_golden_v1.safetensors")
     diffs = check_wan_t5_golden(path)
     assert set(diffs) == {"last_hidden_state"}
     assert diffs["last_hidden_state"] < 1e-4
