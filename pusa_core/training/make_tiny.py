@@ -1,0 +1,194 @@
+"""Build ``weights/pusa-tiny`` from nothing: the whole Pusa recipe in small, on a CPU.
+
+    python -m pusa_core.training.make_tiny --out weights/pusa-tiny          # the shipped model
+    python -m pusa_core.training.make_tiny --out /tmp/pusa-tiny --fast      # a seconds-long smoke run
+
+Stages: a small AutoencoderKLWan on procedural clips; a frozen random UMT5 with a word tokenizer over
+the caption vocabulary; a base Wan transformer trained with scalar timesteps (plain flow matching,
+the stand-in for Wan2.1-T2V); and the Pusa LoRA on it, trained with frame-aware flow matching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from ..tiny_models import TINY_TRANSFORMER, build_word_tokenizer, tiny_text_encoder, tiny_transformer
+from .data import FRAMES, SIZE, vocabulary
+from .train import (
+    TransformerConfig,
+    VaeConfig,
+    encode_clips,
+    save_transformer_outputs,
+    set_latent_stats,
+    train_transformer,
+    train_vae,
+    write_json,
+)
+
+# Held-out clips (evaluation) use seeds from here on; training never reaches them.
+HELD_OUT_SEED = 10_000_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    vae_steps: int
+    vae_overrides: dict[str, Any]
+    text_overrides: dict[str, Any]
+    transformer_overrides: dict[str, Any]
+    clips: int
+    stats_clips: int
+    base: dict[str, Any]
+    lora: dict[str, Any]
+    vae_batch: int = 4
+    vae_frames: int = 9  # 1 + 4 + 4: the decoder also learns a chunk that follows a full chunk
+    vae_lr: float = 1.5e-3
+    size: int = SIZE
+    frames: int = FRAMES
+    max_sequence_length: int = 16
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# The sampler settings the app should use for this model (chosen with evaluate.py on held-out clips).
+APP_DEFAULTS: dict[str, Any] = {
+    "width": SIZE,
+    "height": SIZE,
+    "num_frames": FRAMES,
+    "fps": 8,
+    "steps": 10,
+    "cfg": 3.0,
+    "lora_alpha": 1.0,
+    "noise_multiplier": 0.0,
+    "example_prompts": [
+        "a red circle moves right on a blue background",
+        "a yellow square moves down and bounces back on a gray background",
+        "a white triangle moves left on a striped green background",
+        "a purple circle moves up on a checkered brown background",
+    ],
+}
+
+FULL = Recipe(
+    vae_steps=1800,
+    vae_overrides={"base_dim": 8},
+    text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
+    transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
+                           "text_dim": 64, "freq_dim": 64},
+    clips=1200,
+    stats_clips=64,
+    base={"steps": 2200, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0},
+    lora={"steps": 1200, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32,
+          "clean_prob": 0.2, "sync_prob": 0.1},
+    defaults=APP_DEFAULTS,
+)
+# Same code path at toy size: for the tests, seconds on a CPU.
+FAST = Recipe(
+    vae_steps=2,
+    vae_overrides={"base_dim": 8},
+    text_overrides={"dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 1},
+    transformer_overrides={"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "num_layers": 1,
+                           "text_dim": 32, "freq_dim": 32},
+    clips=8,
+    stats_clips=4,
+    vae_batch=2,
+    vae_frames=5,
+    size=32,
+    frames=5,
+    base={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "log_every": 1},
+    lora={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "rank": 4, "clean_prob": 0.2, "sync_prob": 0.1, "log_every": 1},
+    defaults={**APP_DEFAULTS, "width": 32, "height": 32, "num_frames": 5, "steps": 2},
+)
+
+
+def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any]:
+    """Train every stage of ``recipe`` and write the model folder ``out``; return the training record."""
+    accelerator = Accelerator()
+    stages: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    tokenizer = build_word_tokenizer(vocabulary())
+    text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
+    vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
+                           lr=recipe.vae_lr, seed=seed,
+                           clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
+                           log_every=max(1, min(25, recipe.vae_steps)))
+    vae, vae_losses = train_vae(vae_config, accelerator)
+    # Statistics come from clips outside both the training and the held-out seeds.
+    stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
+    set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    stages["vae"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cache = encode_clips(vae, tokenizer, text_encoder, list(range(recipe.clips)), recipe.max_sequence_length,
+                         frames=recipe.frames, size=recipe.size)
+    cache.save(work / "latents.safetensors")
+    stages["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    base_config = TransformerConfig(out=work / "base", seed=seed, **recipe.base)
+    transformer = tiny_transformer(seed, **recipe.transformer_overrides).train()
+    base, base_losses = train_transformer(base_config, cache, transformer, accelerator)
+    base.save_pretrained(out / "transformer", safe_serialization=True)
+    stages["base"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    lora_config = TransformerConfig(out=out, seed=seed + 1, per_frame=True, **recipe.lora)
+    fresh = type(base).from_pretrained(out / "transformer")
+    lora_model, lora_losses = train_transformer(lora_config, cache, fresh, accelerator)
+    save_transformer_outputs(lora_config, lora_model, accelerator)
+    stages["lora"] = time.perf_counter() - t0
+
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    write_json(out / "defaults.json", {**recipe.defaults, "max_sequence_length": recipe.max_sequence_length})
+    record = {
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "total_seconds": round(sum(stages.values()), 1),
+        "torch_threads": torch.get_num_threads(),
+        "final_loss": {"vae": _tail(vae_losses), "base": _tail(base_losses), "lora": _tail(lora_losses)},
+        "clips": recipe.clips,
+        "held_out_seed": HELD_OUT_SEED,
+        "recipe": {k: v for k, v in recipe.__dict__.items() if k != "defaults"},
+        "transformer_config": {**TINY_TRANSFORMER, **recipe.transformer_overrides},
+    }
+    write_json(out / "training_record.json", record)
+    return record
+
+
+def _tail(losses: list[float], n: int = 50) -> float:
+    window = losses[-n:]
+    return round(sum(window) / len(window), 5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pusa_core.training.make_tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (e.g. weights/pusa-tiny)")
+    parser.add_argument("--fast", action="store_true", help="toy sizes and a few steps: proves the pipeline runs")
+    parser.add_argument("--work", type=Path, default=None, help="keep the latent cache here (default: a temp folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    recipe = FAST if args.fast else FULL
+    work = args.work or Path(tempfile.mkdtemp(prefix="pusa-tiny-"))
+    try:
+        record = build(args.out, recipe, work, args.seed)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v:.0f}s" for k, v in record["stage_seconds"].items())
+          + f", total {record['total_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Training stages: ``vae``, ``encode``, ``base`` (scalar flow matching) and ``lora`` (Pusa's FAFM).
+
+Every stage runs under ``accelerate launch`` (one process, many GPUs, or DeepSpeed ZeRO-2 with
+``configs/accelerate_zero2.yaml``) or as a plain ``python -m``. The ``lora`` stage is the Pusa
+recipe for any Wan2.1-T2V transformer in diffusers format, the 14B included:
+
+    accelerate launch --config_file pusa_core/training/configs/accelerate_zero2.yaml \\
+        -m pusa_core.training.train lora --transformer weights/Wan2.1-T2V-14B-Diffusers/transformer \\
+        --cache my_latents.safetensors --rank 512 --lr 1e-5 --batch 1 --grad-accum 4 \\
+        --mixed-precision bf16 --gradient-checkpointing --steps 1200 --out runs/pusa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKLWan
+from diffusers.optimization import get_scheduler
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import PreTrainedTokenizerBase
+
+from ..latents import encode_pixels
+from ..text import encode_prompts
+from ..tiny_models import tiny_vae
+from ..transformer import PusaTransformer3DModel
+from .cache import LatentCache
+from .data import FRAMES, SIZE, clip_batch
+from .fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
+from .lora_layout import ADAPTER_NAME, lora_config, pusa_lora_state_dict
+
+LORA_FILE = "pusa_lora.safetensors"
+
+
+@dataclass
+class VaeConfig:
+    out: Path
+    steps: int = 1000
+    batch: int = 8
+    lr: float = 1e-3
+    frames: int = 5  # 1 + 4: the causal VAE's first-frame path and one full temporal chunk
+    crop: int = 32  # the VAE is convolutional: random crops train it at a quarter of the cost
+    kl_weight: float = 1e-4
+    clip_frames: int = FRAMES
+    clip_size: int = SIZE
+    train_seeds: int = 100_000  # clips are drawn from seeds [0, train_seeds)
+    seed: int = 0
+    vae_overrides: dict[str, Any] = field(default_factory=dict)
+    log_every: int = 50
+
+
+@dataclass
+class TransformerConfig:
+    out: Path
+    steps: int = 2000
+    batch: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    shift: float = 1.0  # sigma sampling warp during training (the sampler's own shift is separate)
+    per_frame: bool = False  # False: plain flow matching (the base); True: FAFM (the Pusa LoRA)
+    clean_prob: float = 0.0
+    sync_prob: float = 0.0
+    caption_dropout: float = 0.1
+    rank: int = 0  # 0: train every weight (base); >0: train a LoRA of this rank on a frozen base
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # accelerate save_state every N optimizer steps (0: only at the end)
+    resume: Path | None = None
+    seed: int = 0
+    log_every: int = 50
+
+
+def _log(accelerator: Accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(message, flush=True)
+
+
+def _crop(pixels: torch.Tensor, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """One random ``frames x size x size`` window per batch (same offsets for the whole batch)."""
+    t0 = int(rng.integers(0, pixels.shape[2] - frames + 1))
+    y0, x0 = (int(v) for v in rng.integers(0, pixels.shape[3] - size + 1, size=2))
+    return pixels[:, :, t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
+
+
+def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderKLWan, list[float]]:
+    """Train a small ``AutoencoderKLWan`` on procedural clips (L1 + L2 reconstruction, a light KL); return it and its losses."""
+    if accelerator.num_processes > 1:
+        # The small demo VAE needs no more than one device; the 14B recipe uses Wan's own VAE.
+        raise ValueError("the vae stage runs in one process: start it with plain python, not a multi-GPU launch")
+    set_seed(config.seed)
+    vae = tiny_vae(config.seed, **config.vae_overrides).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(50, config.steps // 10), num_training_steps=config.steps)
+    vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
+    rng = np.random.default_rng(config.seed + accelerator.process_index)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        seeds = rng.integers(0, config.train_seeds, size=config.batch)
+        pixels, _ = clip_batch(seeds.tolist(), config.clip_frames, config.clip_size)
+        x = _crop(pixels, min(config.frames, config.clip_frames), min(config.crop, config.clip_size), rng).to(accelerator.device)
+        with accelerator.autocast():
+            posterior = vae.encode(x).latent_dist
+            # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which
+            # drowns the signal and stalls a short CPU run; latents are normalized afterwards anyway.
+            recon = vae.decode(posterior.mode()).sample
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
+            error = recon.float() - x
+            # L2 pulls colours in fast from a gray start; L1 keeps edges sharp.
+            loss = error.abs().mean() + error.pow(2).mean() + config.kl_weight * kl.float()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        if step % config.log_every == 0 or step == config.steps:
+            recent = float(np.mean(losses[-config.log_every :]))
+            _log(accelerator, f"vae step {step}/{config.steps} loss {recent:.4f} ({time.perf_counter() - start:.0f}s)")
+    vae = accelerator.unwrap_model(vae).eval()
+    return vae, losses
+
+
+@torch.no_grad()
+def set_latent_stats(
+    vae: AutoencoderKLWan, seeds: Sequence[int], batch: int = 8, frames: int = FRAMES, size: int = SIZE
+) -> None:
+    """Store the per-channel mean and std of the VAE's latents in its config (Wan's latent normalization)."""
+    vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
+    raw = torch.cat([encode_pixels(vae, clip_batch(seeds[i : i + batch], frames, size)[0]) for i in range(0, len(seeds), batch)])
+    per_channel = raw.transpose(0, 1).flatten(1)
+    vae.register_to_config(latents_mean=per_channel.mean(1).tolist(), latents_std=per_channel.std(1).clamp_min(1e-3).tolist())
+
+
+@torch.no_grad()
+def encode_clips(
+    vae: AutoencoderKLWan,
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: torch.nn.Module,
+    seeds: Sequence[int],
+    max_sequence_length: int,
+    batch: int = 8,
+    frames: int = FRAMES,
+    size: int = SIZE,
+) -> LatentCache:
+    """Latents and caption embeddings of the procedural clips ``seeds``."""
+    latents, captions = [], []
+    for i in range(0, len(seeds), batch):
+        pixels, caps = clip_batch(seeds[i : i + batch], frames, size)
+        latents.append(encode_pixels(vae, pixels).cpu())
+        captions += caps
+    unique = sorted(set(captions))
+    embedded = encode_prompts(tokenizer, text_encoder, unique, max_sequence_length).cpu()
+    row = {c: i for i, c in enumerate(unique)}
+    context = embedded[[row[c] for c in captions]]
+    negative = encode_prompts(tokenizer, text_encoder, [""], max_sequence_length).cpu()
+    return LatentCache(torch.cat(latents), context, negative)
+
+
+def _infinite(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def train_transformer(
+    config: TransformerConfig, cache: LatentCache, transformer: PusaTransformer3DModel, accelerator: Accelerator
+) -> tuple[PusaTransformer3DModel, list[float]]:
+    """Flow-matching training of ``transformer`` on ``cache``: every weight (base) or a LoRA (``rank > 0``)."""
+    set_seed(config.seed)
+    if config.rank > 0:
+        transformer.requires_grad_(False)
+        transformer.add_adapter(lora_config(config.rank), adapter_name=ADAPTER_NAME)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    _log(accelerator, f"training {sum(p.numel() for p in params):,} parameters on {len(cache)} clips")
+
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=config.warmup * accelerator.num_processes,
+        num_training_steps=config.steps * accelerator.num_processes,
+    )
+    loader = DataLoader(
+        TensorDataset(cache.latents, cache.context),
+        batch_size=config.batch,
+        shuffle=True,
+        drop_last=len(cache) >= config.batch,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    transformer, optimizer, loader, scheduler = accelerator.prepare(transformer, optimizer, loader, scheduler)
+    if config.resume is not None:
+        accelerator.load_state(str(config.resume))
+
+    negative = cache.negative.to(accelerator.device)
+    generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
+    losses: list[float] = []
+    start = time.perf_counter()
+    step = 0
+    batches = _infinite(loader)
+    while step < config.steps:
+        x0, context = next(batches)
+        with accelerator.accumulate(transformer):
+            b, _, f = x0.shape[:3]
+            sigmas = sample_sigmas(b, f, config.per_frame, generator, config.shift, config.clean_prob, config.sync_prob)
+            sigmas = sigmas.to(accelerator.device)
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            drop = (torch.rand(b, generator=generator) < config.caption_dropout).to(accelerator.device)
+            context = torch.where(drop[:, None, None], negative.to(context.dtype), context)
+            with accelerator.autocast():
+                prediction = transformer(noisy_latents(x0, noise, sigmas), timesteps(sigmas), context, return_dict=False)[0]
+            loss = flow_loss(prediction, velocity_target(x0, noise), sigmas)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        if step % config.log_every == 0 or step == config.steps:
+            recent = float(np.mean(losses[-config.log_every * config.grad_accum :]))
+            _log(accelerator, f"{'lora' if config.rank else 'base'} step {step}/{config.steps} loss {recent:.4f} "
+                 f"({time.perf_counter() - start:.0f}s)")
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            accelerator.save_state(str(Path(config.out) / "checkpoints" / f"step-{step}"))
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(transformer).eval(), losses
+
+
+def save_transformer_outputs(config: TransformerConfig, transformer: PusaTransformer3DModel, accelerator: Accelerator) -> Path:
+    """Base stage: ``out/transformer`` (diffusers format). LoRA stage: ``out/pusa_lora.safetensors`` (Pusa layout)."""
+    out = Path(config.out)
+    if not accelerator.is_main_process:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    if config.rank > 0:
+        path = out / LORA_FILE
+        save_file(pusa_lora_state_dict(transformer), str(path))
+        return path
+    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    return out / "transformer"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _accelerator(args: argparse.Namespace) -> Accelerator:
+    return Accelerator(gradient_accumulation_steps=getattr(args, "grad_accum", 1), mixed_precision=args.mixed_precision)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pusa_core.training.train", description=__doc__.split("\n\n")[0])
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    vae = stages.add_parser("vae", help="train a small AutoencoderKLWan on procedural clips")
+    vae.add_argument("--steps", type=int, default=VaeConfig.steps)
+    vae.add_argument("--batch", type=int, default=VaeConfig.batch)
+    vae.add_argument("--lr", type=float, default=VaeConfig.lr)
+    vae.add_argument("--base-dim", type=int, default=16)
+    vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
+
+    enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
+    enc.add_argument("--model-dir", type=Path, required=True, help="folder with vae/, text_encoder/, tokenizer/")
+    enc.add_argument("--clips", type=int, default=2000)
+    enc.add_argument("--max-sequence-length", type=int, default=16)
+
+    for name, help_text in (("base", "plain flow matching (scalar timesteps), all weights"),
+                            ("lora", "Pusa FAFM LoRA (one timestep per latent frame) on a frozen base")):
+        p = stages.add_parser(name, help=help_text)
+        p.add_argument("--cache", type=Path, required=True, help="latent cache from the 'encode' stage")
+        p.add_argument("--steps", type=int, default=TransformerConfig.steps)
+        p.add_argument("--batch", type=int, default=TransformerConfig.batch)
+        p.add_argument("--grad-accum", type=int, default=1)
+        p.add_argument("--lr", type=float, default=TransformerConfig.lr)
+        p.add_argument("--warmup", type=int, default=TransformerConfig.warmup)
+        p.add_argument("--shift", type=float, default=TransformerConfig.shift)
+        p.add_argument("--caption-dropout", type=float, default=TransformerConfig.caption_dropout)
+        p.add_argument("--gradient-checkpointing", action="store_true")
+        p.add_argument("--checkpoint-every", type=int, default=0)
+        p.add_argument("--resume", type=Path, default=None, help="an accelerate checkpoint folder to continue from")
+        if name == "base":
+            p.add_argument("--config", type=Path, required=True, help="JSON of WanTransformer3DModel config arguments")
+        else:
+            p.add_argument("--transformer", type=Path, required=True, help="the base transformer (diffusers format)")
+            p.add_argument("--rank", type=int, default=512)
+            p.add_argument("--clean-prob", type=float, default=0.0)
+            p.add_argument("--sync-prob", type=float, default=0.0)
+
+    for p in stages.choices.values():
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    accelerator = _accelerator(args)
+    start = time.perf_counter()
+    if args.stage == "vae":
+        config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                           vae_overrides={"base_dim": args.base_dim})
+        vae, losses = train_vae(config, accelerator)
+        if accelerator.is_main_process:
+            set_latent_stats(vae, list(range(config.train_seeds, config.train_seeds + args.stats_clips)))
+            vae.save_pretrained(args.out / "vae", safe_serialization=True)
+    elif args.stage == "encode":
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        vae = AutoencoderKLWan.from_pretrained(args.model_dir / "vae").eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir / "tokenizer")
+        text_encoder = UMT5EncoderModel.from_pretrained(args.model_dir / "text_encoder").eval()
+        encode_clips(vae, tokenizer, text_encoder, list(range(args.clips)), args.max_sequence_length).save(args.out)
+        losses = []
+    else:
+        cache = LatentCache.load(args.cache)
+        common = dict(out=args.out, steps=args.steps, batch=args.batch, grad_accum=args.grad_accum, lr=args.lr,
+                      warmup=args.warmup, shift=args.shift, caption_dropout=args.caption_dropout,
+                      gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
+                      resume=args.resume, seed=args.seed)
+        if args.stage == "base":
+            config = TransformerConfig(**common)
+            transformer = PusaTransformer3DModel(**json.loads(args.config.read_text()))
+        else:
+            config = TransformerConfig(**common, per_frame=True, rank=args.rank, clean_prob=args.clean_prob,
+                                       sync_prob=args.sync_prob)
+            # The 14B is read in bf16 when training in bf16: a float32 copy per process would not fit in RAM.
+            dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
+            transformer = PusaTransformer3DModel.from_pretrained(args.transformer, torch_dtype=dtype)
+        transformer, losses = train_transformer(config, cache, transformer, accelerator)
+        save_transformer_outputs(config, transformer, accelerator)
+    if accelerator.is_main_process:
+        record = {"stage": args.stage, "seconds": time.perf_counter() - start, "final_loss": losses[-1] if losses else None,
+                  "args": vars(args)}
+        write_json(Path(args.out if args.out.suffix == "" else args.out.parent) / f"{args.stage}_record.json", record)
+
+
+if __name__ == "__main__":
+    main()
+

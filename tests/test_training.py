@@ -1,0 +1,206 @@
+"""The small-model training recipe: procedural data, FAFM math, LoRA layout, make_tiny and evaluate end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pusa_core.lora import load_lora, set_lora_alpha
+from pusa_core.training import evaluate, make_tiny
+from pusa_core.training.data import DIRECTIONS, OBJECT_COLOURS, caption, make_clip, vocabulary
+from pusa_core.training.fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
+from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, to_pusa_layout
+from pusa_core.training.tracking import intact, linear_fit_rms, track
+from pusa_core.transformer import PusaTransformer3DModel
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def test_clip_shapes_range_and_determinism() -> None:
+    clip = make_clip(7)
+    assert clip.pixels.shape == (3, 17, 64, 64)
+    assert clip.pixels.min() >= -1 and clip.pixels.max() <= 1
+    assert clip.positions.shape == (17, 2)
+    assert torch.equal(make_clip(7).pixels, clip.pixels)
+    assert not torch.equal(make_clip(8).pixels, clip.pixels)
+
+
+def test_caption_is_written_from_the_parameters() -> None:
+    words = set(vocabulary())
+    for seed in range(40):
+        clip = make_clip(seed)
+        spec = clip.spec
+        assert clip.caption == caption(spec)
+        assert clip.caption.startswith(f"a {spec.colour} {spec.shape} moves {spec.direction}")
+        assert clip.caption.endswith(f"{spec.background} background")
+        assert ("bounces back" in clip.caption) == spec.bounces
+        assert spec.colour != spec.background
+        assert set(clip.caption.split()) <= words
+
+
+def test_motion_is_straight_or_one_bounce_and_stays_inside() -> None:
+    seen = {True: 0, False: 0}
+    for seed in range(60):
+        clip = make_clip(seed)
+        pos, spec = clip.positions, clip.spec
+        assert np.all(pos >= spec.radius - 1e-6) and np.all(pos <= 63 - spec.radius + 1e-6)
+        along = (np.diff(pos, axis=0) @ np.array(DIRECTIONS[spec.direction])).round(6)
+        if spec.bounces:
+            # Moves the captioned way first, then back at the same speed.
+            assert along[0] == pytest.approx(spec.speed) and along[-1] == pytest.approx(-spec.speed)
+        else:
+            assert np.allclose(along, spec.speed)
+        seen[spec.bounces] += 1
+    assert seen[True] > 5 and seen[False] > 5
+
+
+def test_clip_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        make_clip(0, frames=16)
+    with pytest.raises(ValueError, match="size must be a multiple of 16"):
+        make_clip(0, size=40)
+
+
+def test_tracking_recovers_the_true_path() -> None:
+    clip = make_clip(3)
+    frames = ((clip.pixels.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    result = track(frames, clip.spec.colour, clip.spec.background)
+    assert np.abs(result.positions - clip.positions).max() < 0.6
+    assert intact(result, float(result.areas[0])).all()
+    assert clip.spec.colour in OBJECT_COLOURS
+
+
+def test_linear_fit_rms_is_zero_on_a_line() -> None:
+    line = np.stack([np.arange(10) * 1.5 + 3, np.full(10, 7.0)], axis=1)
+    assert linear_fit_rms(line) == pytest.approx(0.0, abs=1e-9)
+
+
+# ---- frame-aware flow matching -------------------------------------------------------------
+
+
+def test_noisy_latents_interpolate_each_frame_with_its_own_sigma() -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 16, 5, 4, 4, generator=g), torch.randn(2, 16, 5, 4, 4, generator=g)
+    sigmas = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0], [0.9, 0.1, 0.3, 0.0, 0.6]])
+    x_t = noisy_latents(x0, noise, sigmas)
+    for b in range(2):
+        for f in range(5):
+            s = float(sigmas[b, f])
+            torch.testing.assert_close(x_t[b, :, f], (1 - s) * x0[b, :, f] + s * noise[b, :, f])
+    torch.testing.assert_close(velocity_target(x0, noise), noise - x0)
+    torch.testing.assert_close(timesteps(sigmas), sigmas * 1000)
+
+
+def test_fafm_draws_independent_timesteps_per_frame_and_scalar_mode_shares_one() -> None:
+    per_frame = sample_sigmas(256, 5, per_frame=True, generator=torch.Generator().manual_seed(1))
+    scalar = sample_sigmas(256, 5, per_frame=False, generator=torch.Generator().manual_seed(1))
+    assert per_frame.shape == scalar.shape == (256, 5)
+    assert torch.all(scalar == scalar[:, :1])
+    assert (per_frame.std(dim=1) > 0.05).float().mean() > 0.95
+    # Independent frames: correlation between frames near zero, uniform marginals in [0, 1].
+    corr = torch.corrcoef(per_frame.T)
+    assert (corr - torch.eye(5)).abs().max() < 0.2
+    assert per_frame.min() >= 0 and per_frame.max() <= 1
+    assert per_frame.mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_fafm_clean_and_sync_mixes() -> None:
+    g = torch.Generator().manual_seed(2)
+    s = sample_sigmas(2000, 5, per_frame=True, generator=g, clean_prob=0.3, sync_prob=0.2)
+    clean = s == 0
+    assert 0.15 < clean.float().mean() < 0.3
+    assert not clean.all(dim=1).any()
+    synced = (s == s[:, :1]).all(dim=1)
+    assert 0.15 < synced.float().mean() < 0.25
+    shifted = sample_sigmas(4000, 1, per_frame=False, generator=g, shift=3.0)
+    assert shifted.mean() > 0.6  # shift > 1 moves training towards high noise
+
+
+def test_flow_loss_ignores_clean_frames() -> None:
+    target = torch.zeros(1, 2, 3, 2, 2)
+    prediction = target.clone()
+    prediction[:, :, 0] = 5.0  # wrong only on the clean frame
+    sigmas = torch.tensor([[0.0, 0.4, 0.8]])
+    assert flow_loss(prediction, target, sigmas).item() == 0.0
+    prediction[:, :, 1] = 1.0
+    assert flow_loss(prediction, target, sigmas).item() == pytest.approx(0.5)
+
+
+# ---- LoRA layout ---------------------------------------------------------------------------
+
+
+def test_peft_names_map_to_the_pusa_layout() -> None:
+    state = {"blocks.3.attn1.to_out.0.lora_A.weight": torch.ones(2, 4), "blocks.3.ffn.net.0.proj.lora_B.weight": torch.ones(8, 2)}
+    out = to_pusa_layout(state)
+    assert set(out) == {"blocks.3.self_attn.o.lora_A.default.weight", "blocks.3.ffn.0.lora_B.default.weight"}
+    with pytest.raises(ValueError, match="unexpected LoRA key"):
+        to_pusa_layout({"blocks.0.norm2.lora_A.weight": torch.ones(1, 1)})
+
+
+# ---- make_tiny and evaluate, end to end at toy size -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("pusa-tiny")
+    make_tiny.main(["--out", str(out), "--fast", "--threads", "1"])
+    return out
+
+
+def test_make_tiny_writes_the_model_folder(tiny_dir) -> None:
+    for name in ("transformer", "vae", "text_encoder", "tokenizer", "pusa_lora.safetensors", "defaults.json"):
+        assert (tiny_dir / name).exists(), name
+    defaults = json.loads((tiny_dir / "defaults.json").read_text())
+    assert {"width", "height", "num_frames", "fps", "steps", "cfg", "lora_alpha", "noise_multiplier",
+            "max_sequence_length", "example_prompts"} <= set(defaults)
+    record = json.loads((tiny_dir / "training_record.json").read_text())
+    assert set(record["stage_seconds"]) == {"vae", "encode", "base", "lora"}
+
+
+def test_saved_lora_is_pusa_layout_and_loads_on_every_module(tiny_dir) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(tiny_dir / "pusa_lora.safetensors")
+    pattern = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])\.lora_[AB]\.default\.weight$")
+    assert all(pattern.match(k) for k in state), sorted(state)[:3]
+    transformer = PusaTransformer3DModel.from_pretrained(tiny_dir / "transformer").eval()
+    layers = transformer.config.num_layers
+    loaded = load_lora(transformer, tiny_dir / "pusa_lora.safetensors", alpha=1.0)
+    assert loaded == {f"blocks.{b}.{name}" for b in range(layers) for name in DIFFUSERS_TO_WAN}
+    # The trained delta is real: alpha 0 (the base) and alpha 1 give different velocities.
+    x = torch.randn(1, 16, 2, 4, 4)
+    context = torch.randn(1, 16, transformer.config.text_dim)
+    t = torch.tensor([[0.0, 900.0]])
+    with torch.no_grad():
+        with_lora = transformer(x, t, context).sample
+        set_lora_alpha(transformer, 0.0)
+        base = transformer(x, t, context).sample
+    assert (with_lora - base).abs().max() > 0
+
+
+def test_evaluate_runs_and_prints_metrics(tiny_dir, tmp_path, capsys) -> None:
+    strips = tmp_path / "strips"
+    metrics_file = tmp_path / "metrics.json"
+    evaluate.main(["--model-dir", str(tiny_dir), "--clips", "1", "--steps", "1", "--strips", str(strips),
+                   "--json", str(metrics_file)])
+    printed = capsys.readouterr().out
+    for task in ("vae_recon", "i2v_lora", "i2v_base", "start_end_lora", "start_end_base", "extension_lora",
+                 "extension_base", "t2v_lora", "t2v_base"):
+        assert re.search(rf"^\s*{task}: .*clips 1", printed, re.M), task
+    metrics = json.loads(metrics_file.read_text())
+    assert 0 < metrics["i2v_lora"]["first_psnr"] < 100
+    assert metrics["i2v_lora"]["latent_mse"] >= 0
+    assert metrics["settings"]["steps"] == 1
+    for name in ("i2v.png", "start_end.png", "extension.png", "t2v.png"):
+        with Image.open(strips / name) as image:
+            assert image.width > image.height > 0
+
+
+def test_evaluate_names_a_missing_model_folder(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="--model-dir .* lacks"):
+        evaluate.load_model(tmp_path)
