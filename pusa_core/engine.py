@@ -40,6 +40,11 @@ _PHASES = {"prompt": (0.0, 0.03), "inputs": (0.03, 0.06), "denoise": (0.06, 0.92
 _PROMPT_CACHE_SIZE = 16
 
 
+def _architecture(config: Any) -> dict[str, Any]:
+    """A model config without diffusers' bookkeeping keys (``_name_or_path`` may be a Path)."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory; the message says what to lower. The engine stays usable."""
 
@@ -152,8 +157,8 @@ class Engine:
             c.text_encoder.config,
             weights="fp32" if c.is_small else ("fp8" if self._fp8 else "bf16"),
             lora_rank=c.lora_rank,
-            transformer_config=dict(c.transformer.config),
-            vae_config=dict(c.vae.config),
+            transformer_config=_architecture(c.transformer.config),
+            vae_config=_architecture(c.vae.config),
         )
         d = c.defaults
         job = JobSize(d.width, d.height, d.num_frames) if c.is_small else JobSize(1280, 720, 81)

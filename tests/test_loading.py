@@ -69,3 +69,22 @@ def test_small_model_folder_brings_lora_and_defaults(tmp_path):
     assert c.transformer.dtype == torch.float32
     scaling = c.transformer.blocks[0].attn1.to_q.scaling["pusa"]
     assert abs(scaling - 1.1) < 1e-9
+
+
+def test_shipped_small_model_is_found_and_runs(tmp_path):
+    """With no real weights, auto mode picks weights/pusa-tiny and a default-size CPU job completes."""
+    from dataclasses import replace
+
+    from pusa_core.engine import Engine
+    from pusa_core.media import video_info
+    from pusa_core.requests import TextToVideo
+    from pusa_core.weights import SHIPPED_TINY_DIR, resolve_model_source
+
+    source = resolve_model_source(tmp_path / "no-weights-here")
+    assert source.kind == "tiny" and source.base_dir.resolve() == SHIPPED_TINY_DIR
+    engine = Engine.from_source(source, tmp_path / "out")
+    assert engine.wait_ready(120).state == "ready"
+    settings = replace(engine.defaults(), prompt="a red circle moves right on a blue background", seed=3)
+    result = engine.generate(TextToVideo(settings))
+    assert video_info(result.video_path) == (settings.num_frames, settings.width, settings.height)
+    assert result.settings["model"] == source.name
