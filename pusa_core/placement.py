@@ -188,7 +188,8 @@ def apply_placement(placement: Placement, transformer: torch.nn.Module, text_enc
     if placement.kind == "cpu":
         cpu = torch.device("cpu")
         for module in (transformer, text_encoder, vae):
-            module.to(cpu, torch.float32)
+            # float() rather than to(dtype): diffusers warns on to(dtype) even when nothing changes.
+            module.to(cpu).float()
         return StageDevices(cpu, cpu, cpu)
     if placement.fp8:
         enable_fp8_storage(transformer)
