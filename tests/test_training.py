@@ -59,6 +59,20 @@ def test_motion_is_straight_or_one_bounce_and_stays_inside() -> None:
     assert seen[True] > 5 and seen[False] > 5
 
 
+def test_object_mask_covers_the_drawn_object() -> None:
+    for seed in range(12):
+        clip = make_clip(seed)
+        spec, mask = clip.spec, clip.mask
+        assert mask.shape == (1, 17, 64, 64)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        for t in (0, 8, 16):
+            ys, xs = torch.nonzero(mask[0, t], as_tuple=True)
+            centre = np.array([xs.float().mean(), ys.float().mean()])
+            # Centroid near the drawn centre (a triangle's sits a little low); area is the shape's plus its anti-aliased rim.
+            assert np.linalg.norm(centre - clip.positions[t]) < spec.radius * 0.4
+            assert 1.5 * spec.radius**2 < len(ys) < 5.5 * spec.radius**2
+
+
 def test_clip_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="frames must be 4k\\+1"):
         make_clip(0, frames=16)
@@ -196,9 +210,32 @@ def test_evaluate_runs_and_prints_metrics(tiny_dir, tmp_path, capsys) -> None:
     assert 0 < metrics["i2v_lora"]["first_psnr"] < 100
     assert metrics["i2v_lora"]["latent_mse"] >= 0
     assert metrics["settings"]["steps"] == 1
+    assert len(metrics["checks"]) == 10 and re.search(r"^(PASS|FAIL)  I2V: first frame", printed, re.M)
     for name in ("i2v.png", "start_end.png", "extension.png", "t2v.png"):
         with Image.open(strips / name) as image:
             assert image.width > image.height > 0
+
+
+def test_checks_pass_good_numbers_and_fail_missing_or_bad_ones() -> None:
+    good = {
+        "i2v_lora": {"first_psnr": 30.0, "found_all": 1.0, "intact": 0.9, "right_way": 1.0, "path_rms": 1.0, "latent_mse": 0.1},
+        "i2v_base": {"latent_mse": 0.5},
+        "start_end_lora": {"start_err": 1.0, "end_err": 2.0},
+        "extension_lora": {"speed_err": 0.2},
+        "t2v_lora": {"found_all": 0.7},
+        "t2v_base": {"found_all": 0.8},
+        "settings": {"steps": 10},
+    }
+    assert all(c.passed for c in evaluate.checks(good))
+    bad = json.loads(json.dumps(good))
+    bad["i2v_lora"]["latent_mse"] = 0.45  # LoRA barely better than the base: not "far better"
+    del bad["start_end_lora"]["end_err"]  # the object was never found at the end
+    bad["t2v_lora"]["found_all"] = 0.5  # the LoRA lost the base's T2V
+    failed = {c.claim for c in evaluate.checks(bad) if not c.passed}
+    assert failed == {"LoRA vs base: I2V latent MSE ratio", "start/end: ends at the given end (px)",
+                      "LoRA keeps base T2V (found-all difference)"}
+    text = evaluate.format_checks(evaluate.checks(bad))
+    assert "FAIL  start/end: ends at the given end (px): n/a (needs <= 4)" in text
 
 
 def test_evaluate_names_a_missing_model_folder(tmp_path) -> None:

@@ -37,7 +37,7 @@ CAPTION_WORDS = ("a", "moves", "and", "bounces", "back", "on", "background")
 
 SIZE = 64
 FRAMES = 17
-RADIUS_RANGE = (6.0, 9.0)
+RADIUS_RANGE = (7.0, 10.0)
 SPEED_RANGE = (1.0, 2.2)  # pixels per frame; not in the caption, so extension must read it from the frames
 TEXTURE_PERIOD = 16
 TEXTURE_CONTRAST = 22
@@ -64,6 +64,7 @@ class Clip:
     caption: str
     spec: ClipSpec
     positions: np.ndarray  # [T, 2] object centre (x, y) per frame
+    mask: torch.Tensor  # [1, T, H, W] 1.0 where a pixel differs from the background (the object and its edge)
 
 
 def caption(spec: ClipSpec) -> str:
@@ -188,7 +189,9 @@ def make_clip(seed: int, frames: int = FRAMES, size: int = SIZE) -> Clip:
         raise ValueError(f"size must be a multiple of 16 and at least 32, got {size}")
     spec = random_spec(np.random.default_rng(seed), frames, size)
     positions = trajectory(spec, frames, size)
-    return Clip(to_model_pixels(render(spec, positions, size)), caption(spec), spec, positions)
+    pixels = render(spec, positions, size)
+    mask = torch.from_numpy((pixels != background(spec, size)[None]).any(-1)).float()[None]
+    return Clip(to_model_pixels(pixels), caption(spec), spec, positions, mask)
 
 
 def clip_batch(seeds: Sequence[int], frames: int = FRAMES, size: int = SIZE) -> tuple[torch.Tensor, list[str]]:

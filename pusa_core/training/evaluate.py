@@ -269,6 +269,58 @@ def evaluate(model: TinyModel, settings: Settings, clips: int, strips: Path | No
     return metrics
 
 
+@dataclass(frozen=True)
+class Check:
+    """One claim of the issue, as a measured value against a stated bound."""
+
+    claim: str
+    value: float | None  # None: could not be measured (e.g. the object was never found)
+    bound: float
+    higher_is_better: bool
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value >= self.bound if self.higher_is_better else self.value <= self.bound
+
+
+def checks(metrics: dict[str, Any]) -> list[Check]:
+    """The issue's claims about the small model, each a bound on one metric (fixed before training)."""
+    m = {name: values for name, values in metrics.items() if isinstance(values, dict)}
+
+    def get(task: str, key: str) -> float | None:
+        return m.get(task, {}).get(key)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    lora_mse, base_mse = get("i2v_lora", "latent_mse"), get("i2v_base", "latent_mse")
+    t2v_lora, t2v_base = get("t2v_lora", "found_all"), get("t2v_base", "found_all")
+    return [
+        Check("I2V: first frame matches the image (PSNR dB)", get("i2v_lora", "first_psnr"), 25.0, True),
+        Check("I2V: object found in every frame (share of clips)", get("i2v_lora", "found_all"), 0.75, True),
+        Check("I2V: object one blob of its size (share of frames)", get("i2v_lora", "intact"), 0.75, True),
+        Check("I2V: object moves the captioned way (share of clips)", get("i2v_lora", "right_way"), 0.75, True),
+        Check("I2V: path fits straight/one-bounce motion (RMS px)", get("i2v_lora", "path_rms"), 2.5, False),
+        Check("start/end: starts at the given start (px)", get("start_end_lora", "start_err"), 4.0, False),
+        Check("start/end: ends at the given end (px)", get("start_end_lora", "end_err"), 4.0, False),
+        Check("extension: keeps the speed (speed error, px/frame)", get("extension_lora", "speed_err"), 0.6, False),
+        Check("LoRA vs base: I2V latent MSE ratio", ratio(lora_mse, base_mse), 0.8, False),
+        Check("LoRA keeps base T2V (found-all difference)",
+              None if t2v_lora is None or t2v_base is None else t2v_lora - t2v_base, -0.15, True),
+    ]
+
+
+def format_checks(results: list[Check]) -> str:
+    lines = []
+    for c in results:
+        value = "n/a" if c.value is None else f"{c.value:.3g}"
+        sign = ">=" if c.higher_is_better else "<="
+        lines.append(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {value} (needs {sign} {c.bound:g})")
+    return "\n".join(lines)
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     lines = []
     for name, values in metrics.items():
@@ -300,7 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     with torch.inference_mode():
         metrics = evaluate(model, settings, args.clips, args.strips)
+    results = checks(metrics)
+    metrics["checks"] = [{**c.__dict__, "passed": c.passed} for c in results]
     print(format_metrics(metrics))
+    print(format_checks(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")

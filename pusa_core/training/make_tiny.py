@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from ..tiny_models import TINY_TRANSFORMER, build_word_tokenizer, tiny_text_encoder, tiny_transformer
+from ..tiny_models import SMALL_VAE, TINY_TRANSFORMER, build_word_tokenizer, tiny_text_encoder, tiny_transformer
 from .data import FRAMES, SIZE, vocabulary
 from .train import (
     TransformerConfig,
@@ -48,9 +48,10 @@ class Recipe:
     stats_clips: int
     base: dict[str, Any]
     lora: dict[str, Any]
-    vae_batch: int = 4
-    vae_frames: int = 9  # 1 + 4 + 4: the decoder also learns a chunk that follows a full chunk
-    vae_lr: float = 1.5e-3
+    vae_batch: int = 8
+    vae_frames: int = FRAMES
+    vae_crop: int = 32
+    vae_lr: float = 3e-3
     size: int = SIZE
     frames: int = FRAMES
     max_sequence_length: int = 16
@@ -76,22 +77,22 @@ APP_DEFAULTS: dict[str, Any] = {
 }
 
 FULL = Recipe(
-    vae_steps=1800,
-    vae_overrides={"base_dim": 8},
+    vae_steps=2800,
+    vae_overrides=SMALL_VAE,
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
-    clips=1200,
+    clips=2000,
     stats_clips=64,
-    base={"steps": 2200, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0},
-    lora={"steps": 1200, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32,
+    base={"steps": 3000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0},
+    lora={"steps": 1500, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32,
           "clean_prob": 0.2, "sync_prob": 0.1},
     defaults=APP_DEFAULTS,
 )
 # Same code path at toy size: for the tests, seconds on a CPU.
 FAST = Recipe(
     vae_steps=2,
-    vae_overrides={"base_dim": 8},
+    vae_overrides={**SMALL_VAE, "base_dim": 8},
     text_overrides={"dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "num_layers": 1},
     transformer_overrides={"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64, "num_layers": 1,
                            "text_dim": 32, "freq_dim": 32},
@@ -117,7 +118,7 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any
     tokenizer = build_word_tokenizer(vocabulary())
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
     vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
-                           lr=recipe.vae_lr, seed=seed,
+                           crop=recipe.vae_crop, lr=recipe.vae_lr, seed=seed,
                            clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
                            log_every=max(1, min(25, recipe.vae_steps)))
     vae, vae_losses = train_vae(vae_config, accelerator)

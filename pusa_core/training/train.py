@@ -32,10 +32,10 @@ from transformers import PreTrainedTokenizerBase
 
 from ..latents import encode_pixels
 from ..text import encode_prompts
-from ..tiny_models import tiny_vae
+from ..tiny_models import SMALL_VAE, tiny_vae
 from ..transformer import PusaTransformer3DModel
 from .cache import LatentCache
-from .data import FRAMES, SIZE, clip_batch
+from .data import FRAMES, SIZE, clip_batch, make_clip
 from .fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
 from .lora_layout import ADAPTER_NAME, lora_config, pusa_lora_state_dict
 
@@ -48,9 +48,13 @@ class VaeConfig:
     steps: int = 1000
     batch: int = 8
     lr: float = 1e-3
-    frames: int = 5  # 1 + 4: the causal VAE's first-frame path and one full temporal chunk
-    crop: int = 32  # the VAE is convolutional: random crops train it at a quarter of the cost
+    frames: int = 17  # every temporal chunk the VAE will see: the first frame and four 4-frame chunks
+    crop: int = 32  # the VAE is convolutional: crops (around the object) train it at a quarter of the cost
     kl_weight: float = 1e-4
+    # The object covers ~5% of a frame: unweighted, the loss is met by painting the background and
+    # the object is washed out. Object pixels (and their anti-aliased edge) weigh 1 + this.
+    object_weight: float = 5.0
+    clip_grad: float = 5.0
     clip_frames: int = FRAMES
     clip_size: int = SIZE
     train_seeds: int = 100_000  # clips are drawn from seeds [0, train_seeds)
@@ -86,15 +90,27 @@ def _log(accelerator: Accelerator, message: str) -> None:
         print(message, flush=True)
 
 
-def _crop(pixels: torch.Tensor, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """One random ``frames x size x size`` window per batch (same offsets for the whole batch)."""
-    t0 = int(rng.integers(0, pixels.shape[2] - frames + 1))
-    y0, x0 = (int(v) for v in rng.integers(0, pixels.shape[3] - size + 1, size=2))
-    return pixels[:, :, t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
+def _window(clip: torch.Tensor, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A random ``frames``-long, ``size``-square window of ``clip`` ``[C, T, H, W]`` that keeps the object in view.
+
+    The last channel is the object mask; the window is centred on the object (with jitter), since a
+    blind crop of a small object's clip is mostly background and teaches the VAE nothing about it.
+    """
+    t0 = int(rng.integers(0, clip.shape[1] - frames + 1))
+    clip = clip[:, t0 : t0 + frames]
+    height, width = clip.shape[2:]
+    if size >= min(height, width):
+        return clip
+    ys, xs = torch.nonzero(clip[-1].amax(0), as_tuple=True)
+    cy, cx = (float(ys.float().mean()), float(xs.float().mean())) if len(ys) else (height / 2, width / 2)
+    jy, jx = (int(v) for v in rng.integers(-(size // 4), size // 4 + 1, size=2))
+    y0 = min(max(round(cy) + jy - size // 2, 0), height - size)
+    x0 = min(max(round(cx) + jx - size // 2, 0), width - size)
+    return clip[:, :, y0 : y0 + size, x0 : x0 + size]
 
 
 def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderKLWan, list[float]]:
-    """Train a small ``AutoencoderKLWan`` on procedural clips (L1 + L2 reconstruction, a light KL); return it and its losses."""
+    """Train a small ``AutoencoderKLWan`` on procedural clips (object-weighted L1 + L2, a light KL); return it and its losses."""
     if accelerator.num_processes > 1:
         # The small demo VAE needs no more than one device; the 14B recipe uses Wan's own VAE.
         raise ValueError("the vae stage runs in one process: start it with plain python, not a multi-GPU launch")
@@ -107,9 +123,12 @@ def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderK
     losses: list[float] = []
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
-        seeds = rng.integers(0, config.train_seeds, size=config.batch)
-        pixels, _ = clip_batch(seeds.tolist(), config.clip_frames, config.clip_size)
-        x = _crop(pixels, min(config.frames, config.clip_frames), min(config.crop, config.clip_size), rng).to(accelerator.device)
+        seeds = rng.integers(0, config.train_seeds, config.batch)
+        frames, size = min(config.frames, config.clip_frames), min(config.crop, config.clip_size)
+        # Pixels and mask are cut together, as one 4-channel clip.
+        clips = [make_clip(int(s), config.clip_frames, config.clip_size) for s in seeds]
+        both = torch.stack([_window(torch.cat([c.pixels, c.mask]), frames, size, rng) for c in clips]).to(accelerator.device)
+        x, weight = both[:, :3], 1 + config.object_weight * both[:, 3:]
         with accelerator.autocast():
             posterior = vae.encode(x).latent_dist
             # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which
@@ -118,9 +137,9 @@ def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderK
             kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
             error = recon.float() - x
             # L2 pulls colours in fast from a gray start; L1 keeps edges sharp.
-            loss = error.abs().mean() + error.pow(2).mean() + config.kl_weight * kl.float()
+            loss = (weight * (error.abs() + error.pow(2))).mean() + config.kl_weight * kl.float()
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), 1.0)
+        accelerator.clip_grad_norm_(vae.parameters(), config.clip_grad)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -272,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--steps", type=int, default=VaeConfig.steps)
     vae.add_argument("--batch", type=int, default=VaeConfig.batch)
     vae.add_argument("--lr", type=float, default=VaeConfig.lr)
-    vae.add_argument("--base-dim", type=int, default=16)
+    vae.add_argument("--base-dim", type=int, default=SMALL_VAE["base_dim"])
     vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
 
     enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
@@ -315,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     if args.stage == "vae":
         config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                           vae_overrides={"base_dim": args.base_dim})
+                           vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
         vae, losses = train_vae(config, accelerator)
         if accelerator.is_main_process:
             set_latent_stats(vae, list(range(config.train_seeds, config.train_seeds + args.stats_clips)))
