@@ -14,8 +14,10 @@ from pusa_core.lora import load_lora, set_lora_alpha
 from pusa_core.training import evaluate, make_tiny
 from pusa_core.training.data import DIRECTIONS, OBJECT_COLOURS, caption, make_clip, vocabulary
 from pusa_core.training.fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
+from pusa_core.training.cache import LatentCache
 from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, to_pusa_layout
 from pusa_core.training.tracking import intact, linear_fit_rms, track
+from pusa_core.training.train import latent_mask
 from pusa_core.transformer import PusaTransformer3DModel
 
 # ---- data -----------------------------------------------------------------------------------
@@ -145,6 +147,37 @@ def test_flow_loss_ignores_clean_frames() -> None:
     assert flow_loss(prediction, target, sigmas).item() == pytest.approx(0.5)
 
 
+def test_flow_loss_weights_positions_without_changing_the_scale() -> None:
+    target = torch.zeros(1, 1, 2, 1, 2)
+    prediction = torch.tensor([[[[[1.0, 3.0]], [[0.0, 0.0]]]]])  # errors 1 and 9 on frame 0
+    sigmas = torch.tensor([[0.5, 0.5]])
+    assert flow_loss(prediction, target, sigmas).item() == pytest.approx(10 / 4)
+    weights = torch.tensor([[[[[1.0, 3.0]], [[1.0, 1.0]]]]])  # the second position counts three times
+    assert flow_loss(prediction, target, sigmas, weights).item() == pytest.approx((1 + 27) / 6)
+    assert flow_loss(prediction, target, sigmas, torch.full_like(weights, 5.0)).item() == pytest.approx(10 / 4)
+
+
+def test_latent_mask_follows_wans_causal_chunks() -> None:
+    mask = torch.zeros(1, 17, 64, 64)
+    mask[0, 0, 0, 0] = 1  # frame 0 -> latent frame 0, cell (0, 0)
+    mask[0, 4, 20, 40] = 1  # frame 4 -> latent frame 1 (frames 1-4), cell (2, 5)
+    mask[0, 5, 63, 63] = 1  # frame 5 -> latent frame 2 (frames 5-8), cell (7, 7)
+    got = latent_mask(mask)
+    assert got.shape == (1, 5, 8, 8)
+    assert torch.nonzero(got).tolist() == [[0, 0, 0, 0], [0, 1, 2, 5], [0, 2, 7, 7]]
+
+
+def test_latent_cache_keeps_its_weights_and_checks_their_shape(tmp_path) -> None:
+    latents, context, negative = torch.randn(3, 16, 5, 8, 8), torch.randn(3, 4, 8), torch.randn(1, 4, 8)
+    weights = torch.rand(3, 1, 5, 8, 8)
+    LatentCache(latents, context, negative, weights).save(tmp_path / "c.safetensors")
+    loaded = LatentCache.load(tmp_path / "c.safetensors")
+    assert torch.equal(loaded.weights, weights) and torch.equal(loaded.latents, latents)
+    assert LatentCache(latents, context, negative).weights is None
+    with pytest.raises(ValueError, match=r"weights must be \[3, 1, 5, 8, 8\]"):
+        LatentCache(latents, context, negative, torch.rand(3, 16, 5, 8, 8))
+
+
 # ---- LoRA layout ---------------------------------------------------------------------------
 
 
@@ -174,6 +207,21 @@ def test_make_tiny_writes_the_model_folder(tiny_dir) -> None:
             "max_sequence_length", "example_prompts"} <= set(defaults)
     record = json.loads((tiny_dir / "training_record.json").read_text())
     assert set(record["stage_seconds"]) == {"vae", "encode", "base", "lora"}
+
+
+def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "again"
+    make_tiny.main(["--out", str(out), "--fast", "--threads", "1", "--vae-from", str(tiny_dir)])
+    first, second = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (tiny_dir, out))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert json.loads((out / "vae" / "config.json").read_text())["latents_std"] == \
+        json.loads((tiny_dir / "vae" / "config.json").read_text())["latents_std"]
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["vae_from"] == str(tiny_dir) and record["final_loss"]["vae"] is None
+    with pytest.raises(FileNotFoundError, match="--vae-from .* must be a make_tiny output folder"):
+        make_tiny.main(["--out", str(tmp_path / "x"), "--fast", "--vae-from", str(tmp_path / "missing")])
 
 
 def test_saved_lora_is_pusa_layout_and_loads_on_every_module(tiny_dir) -> None:

@@ -3,7 +3,9 @@
 One safetensors file: ``latents`` ``[N, 16, F, h, w]`` (normalized, as :func:`pusa_core.latents.encode_pixels`
 returns them), ``context`` ``[N, L, D]`` (:func:`pusa_core.text.encode_prompts` of each caption) and
 ``negative`` ``[1, L, D]`` (the empty prompt, used for caption dropout so classifier-free guidance
-works). For the 14B, write the same file from your own clips with those two functions.
+works). Optional ``weights`` ``[N, 1, F, h, w]`` scale the flow loss per latent position (the small
+model's procedural clips mark where the object is). For the 14B, write the same file from your own
+clips with those two functions.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class LatentCache:
     latents: torch.Tensor
     context: torch.Tensor
     negative: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latents.ndim != 5:
@@ -31,6 +34,10 @@ class LatentCache:
         if self.negative.shape != (1, *self.context.shape[1:]):
             expected = [1, *self.context.shape[1:]]
             raise ValueError(f"negative must be {expected} (the empty prompt's embedding), got {list(self.negative.shape)}")
+        if self.weights is not None:
+            expected = [self.latents.shape[0], 1, *self.latents.shape[2:]]
+            if list(self.weights.shape) != expected:
+                raise ValueError(f"weights must be {expected} (one per latent position), got {list(self.weights.shape)}")
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -38,6 +45,8 @@ class LatentCache:
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tensors = {"latents": self.latents, "context": self.context, "negative": self.negative}
+        if self.weights is not None:
+            tensors["weights"] = self.weights
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
 
     @classmethod
@@ -49,4 +58,4 @@ class LatentCache:
         missing = {"latents", "context", "negative"} - set(tensors)
         if missing:
             raise ValueError(f"{path} is not a latent cache: missing {sorted(missing)}")
-        return cls(tensors["latents"], tensors["context"], tensors["negative"])
+        return cls(tensors["latents"], tensors["context"], tensors["negative"], tensors.get("weights"))

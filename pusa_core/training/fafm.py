@@ -65,13 +65,18 @@ def timesteps(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas * NUM_TRAIN_TIMESTEPS
 
 
-def flow_loss(prediction: torch.Tensor, target: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over frames with ``s > 0``.
+def flow_loss(
+    prediction: torch.Tensor, target: torch.Tensor, sigmas: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error over frames with ``s > 0``, optionally weighted per latent position.
 
     A frame at exactly ``s = 0`` is its clean latent: the noise in its target cannot be inferred, so
-    it is context for the other frames and not a regression target.
+    it is context for the other frames and not a regression target. ``weights`` ``[B, 1, F, h, w]``
+    scale each position's error (a weighted mean, so the loss keeps its scale).
     """
     weight = (sigmas > 0).to(prediction.dtype)[:, None, :, None, None]
+    if weights is not None:
+        weight = weight * weights.to(prediction.dtype)
+    weight = weight.expand_as(prediction)
     per_element = (prediction.float() - target.float()).pow(2) * weight
-    count = weight.expand_as(per_element).sum().clamp_min(1.0)
-    return per_element.sum() / count
+    return per_element.sum() / weight.sum().clamp_min(1e-8)

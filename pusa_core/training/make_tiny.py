@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from diffusers import AutoencoderKLWan
 
 from ..tiny_models import SMALL_VAE, TINY_TRANSFORMER, build_word_tokenizer, tiny_text_encoder, tiny_transformer
 from .data import FRAMES, SIZE, vocabulary
@@ -84,8 +85,8 @@ FULL = Recipe(
                            "text_dim": 64, "freq_dim": 64},
     clips=2000,
     stats_clips=64,
-    base={"steps": 3000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0},
-    lora={"steps": 1500, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32,
+    base={"steps": 5000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
+    lora={"steps": 2000, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
           "clean_prob": 0.2, "sync_prob": 0.1},
     defaults=APP_DEFAULTS,
 )
@@ -108,8 +109,12 @@ FAST = Recipe(
 )
 
 
-def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any]:
-    """Train every stage of ``recipe`` and write the model folder ``out``; return the training record."""
+def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path | None = None) -> dict[str, Any]:
+    """Train every stage of ``recipe`` and write the model folder ``out``; return the training record.
+
+    ``vae_from`` (a folder holding ``vae/`` from an earlier build) skips the VAE stage, which is the
+    longest, so the transformer stages can be retrained alone.
+    """
     accelerator = Accelerator()
     stages: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -117,14 +122,18 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any
     t0 = time.perf_counter()
     tokenizer = build_word_tokenizer(vocabulary())
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
-    vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
-                           crop=recipe.vae_crop, lr=recipe.vae_lr, seed=seed,
-                           clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
-                           log_every=max(1, min(25, recipe.vae_steps)))
-    vae, vae_losses = train_vae(vae_config, accelerator)
-    # Statistics come from clips outside both the training and the held-out seeds.
-    stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
-    set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
+    if vae_from is None:
+        vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
+                               crop=recipe.vae_crop, lr=recipe.vae_lr, seed=seed,
+                               clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
+                               log_every=max(1, min(25, recipe.vae_steps)))
+        vae, vae_losses = train_vae(vae_config, accelerator)
+        # Statistics come from clips outside both the training and the held-out seeds.
+        stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
+        set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
+    else:
+        vae = _earlier_vae(vae_from)
+        vae_losses = []
     vae.save_pretrained(out / "vae", safe_serialization=True)
     stages["vae"] = time.perf_counter() - t0
 
@@ -156,6 +165,7 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any
         "total_seconds": round(sum(stages.values()), 1),
         "torch_threads": torch.get_num_threads(),
         "final_loss": {"vae": _tail(vae_losses), "base": _tail(base_losses), "lora": _tail(lora_losses)},
+        "vae_from": str(vae_from) if vae_from is not None else None,
         "clips": recipe.clips,
         "held_out_seed": HELD_OUT_SEED,
         "recipe": {k: v for k, v in recipe.__dict__.items() if k != "defaults"},
@@ -165,8 +175,17 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0) -> dict[str, Any
     return record
 
 
-def _tail(losses: list[float], n: int = 50) -> float:
+def _earlier_vae(folder: Path) -> AutoencoderKLWan:
+    record_file = folder / "training_record.json"
+    if not (folder / "vae").is_dir() or not record_file.is_file():
+        raise FileNotFoundError(f"--vae-from {folder} must be a make_tiny output folder (with vae/ and training_record.json)")
+    return AutoencoderKLWan.from_pretrained(folder / "vae").eval()
+
+
+def _tail(losses: list[float], n: int = 50) -> float | None:
     window = losses[-n:]
+    if not window:
+        return None
     return round(sum(window) / len(window), 5)
 
 
@@ -176,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", action="store_true", help="toy sizes and a few steps: proves the pipeline runs")
     parser.add_argument("--work", type=Path, default=None, help="keep the latent cache here (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="reuse the VAE of an earlier make_tiny folder and skip the VAE stage")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -183,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = FAST if args.fast else FULL
     work = args.work or Path(tempfile.mkdtemp(prefix="pusa-tiny-"))
     try:
-        record = build(args.out, recipe, work, args.seed)
+        record = build(args.out, recipe, work, args.seed, args.vae_from)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

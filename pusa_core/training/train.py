@@ -77,6 +77,9 @@ class TransformerConfig:
     clean_prob: float = 0.0
     sync_prob: float = 0.0
     caption_dropout: float = 0.1
+    # Uses the cache's per-position weights when it has them: 1 + object_weight where the object is.
+    # Unweighted, the background's share of the loss dominates and the object fades as frames go on.
+    object_weight: float = 0.0
     rank: int = 0  # 0: train every weight (base); >0: train a LoRA of this rank on a frozen base
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # accelerate save_state every N optimizer steps (0: only at the end)
@@ -174,17 +177,29 @@ def encode_clips(
     size: int = SIZE,
 ) -> LatentCache:
     """Latents and caption embeddings of the procedural clips ``seeds``."""
-    latents, captions = [], []
+    latents, captions, masks = [], [], []
     for i in range(0, len(seeds), batch):
-        pixels, caps = clip_batch(seeds[i : i + batch], frames, size)
-        latents.append(encode_pixels(vae, pixels).cpu())
-        captions += caps
+        clips = [make_clip(s, frames, size) for s in seeds[i : i + batch]]
+        latents.append(encode_pixels(vae, torch.stack([c.pixels for c in clips])).cpu())
+        captions += [c.caption for c in clips]
+        masks += [latent_mask(c.mask) for c in clips]
     unique = sorted(set(captions))
     embedded = encode_prompts(tokenizer, text_encoder, unique, max_sequence_length).cpu()
     row = {c: i for i, c in enumerate(unique)}
     context = embedded[[row[c] for c in captions]]
     negative = encode_prompts(tokenizer, text_encoder, [""], max_sequence_length).cpu()
-    return LatentCache(torch.cat(latents), context, negative)
+    return LatentCache(torch.cat(latents), context, negative, torch.stack(masks))
+
+
+def latent_mask(mask: torch.Tensor, spatial: int = 8, temporal: int = 4) -> torch.Tensor:
+    """Pixel mask ``[1, T, H, W]`` -> ``[1, F, H/8, W/8]``: 1 where a latent position covers any object pixel.
+
+    Latent frame 0 is pixel frame 0; latent frame k > 0 covers pixel frames 4k-3 .. 4k (Wan's causal chunks).
+    """
+    first = mask[:, :1]
+    rest = mask[:, 1:].unflatten(1, (-1, temporal)).amax(2)
+    per_frame = torch.cat([first, rest], dim=1)
+    return torch.nn.functional.max_pool2d(per_frame, spatial)
 
 
 def _infinite(loader: DataLoader):
@@ -211,8 +226,9 @@ def train_transformer(
         "cosine", optimizer, num_warmup_steps=config.warmup * accelerator.num_processes,
         num_training_steps=config.steps * accelerator.num_processes,
     )
+    weights = torch.ones_like(cache.latents[:, :1]) if cache.weights is None else 1 + config.object_weight * cache.weights
     loader = DataLoader(
-        TensorDataset(cache.latents, cache.context),
+        TensorDataset(cache.latents, cache.context, weights),
         batch_size=config.batch,
         shuffle=True,
         drop_last=len(cache) >= config.batch,
@@ -229,7 +245,7 @@ def train_transformer(
     step = 0
     batches = _infinite(loader)
     while step < config.steps:
-        x0, context = next(batches)
+        x0, context, weights = next(batches)
         with accelerator.accumulate(transformer):
             b, _, f = x0.shape[:3]
             sigmas = sample_sigmas(b, f, config.per_frame, generator, config.shift, config.clean_prob, config.sync_prob)
@@ -239,7 +255,7 @@ def train_transformer(
             context = torch.where(drop[:, None, None], negative.to(context.dtype), context)
             with accelerator.autocast():
                 prediction = transformer(noisy_latents(x0, noise, sigmas), timesteps(sigmas), context, return_dict=False)[0]
-            loss = flow_loss(prediction, velocity_target(x0, noise), sigmas)
+            loss = flow_loss(prediction, velocity_target(x0, noise), sigmas, weights)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, 1.0)
