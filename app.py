@@ -71,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def small_model_notice(summary: str, fetch: str | None) -> str:
     fetch_line = f"\n\nTo run the real model, fetch its weights and restart the app:\n\n```bash\n{fetch}\n```" if fetch else ""
-    return f"⚠️ **This is a small demo model, not Pusa V1 14B: it shows how the app works, not the quality of Pusa.** It was trained for about 40 minutes on a CPU, on toy clips of moving shapes, and its videos are blurry.\n\n{summary}{fetch_line}"
+    return f"⚠️ **This is a small demo model, not Pusa V1 14B: it shows how the app works, not the quality of Pusa.** It was trained for about an hour on a CPU, on toy clips of moving shapes: its videos are blurry, and its shapes often smear or fade.\n\n{summary}{fetch_line}"
 
 
 def random_model_notice(reason: str) -> str:
