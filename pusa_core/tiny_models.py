@@ -39,8 +39,9 @@ TINY_TRANSFORMER: dict[str, Any] = dict(
 TINY_VAE: dict[str, Any] = dict(
     base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True]
 )
-# The trained small model's VAE (make_tiny), Wan2.2's patchified layout in small: a 2x2 space-to-depth first, then two 2x downsamples, so the
-# convolutions run at 32x32 while the total compression stays Wan2.1's 8x spatial, 4x temporal.
+# The trained small model's VAE (make_tiny), Wan2.2's patchified layout in small: a 2x2
+# space-to-depth, then two 2x downsamples, so the convolutions run at 32x32 while the total
+# compression stays Wan2.1's 8x spatial, 4x temporal.
 SMALL_VAE: dict[str, Any] = {"base_dim": 16, "dim_mult": [1, 2, 2], "temperal_downsample": [True, True],
                              "patch_size": 2, "in_channels": 12, "out_channels": 12}
 TINY_TEXT: dict[str, Any] = dict(dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32)
