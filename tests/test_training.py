@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from pusa_core.training.fafm import flow_loss, noisy_latents, sample_sigmas, tim
 from pusa_core.training.cache import LatentCache
 from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, to_pusa_layout
 from pusa_core.training.tracking import intact, linear_fit_rms, track
-from pusa_core.training.train import latent_mask
+from pusa_core.training.train import VaeConfig, latent_mask, lone_frame_latents, vae_loss
+from pusa_core.tiny_models import SMALL_VAE, tiny_vae
 from pusa_core.transformer import PusaTransformer3DModel
 
 # ---- data -----------------------------------------------------------------------------------
@@ -178,6 +180,37 @@ def test_latent_cache_keeps_its_weights_and_checks_their_shape(tmp_path) -> None
         LatentCache(latents, context, negative, torch.rand(3, 16, 5, 8, 8))
 
 
+@torch.no_grad()
+def test_lone_frame_latents_encode_every_fourth_frame_alone() -> None:
+    vae = tiny_vae(0, **{**SMALL_VAE, "base_dim": 8}).eval()
+    x = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+    lone = lone_frame_latents(vae, x)
+    assert lone.shape == (2, vae.config.z_dim, 2, 2, 2)
+    for k, frame in ((0, 4), (1, 8)):
+        alone = vae.encode(x[:, :, frame : frame + 1]).latent_dist.mode()[:, :, 0]
+        torch.testing.assert_close(lone[:, :, k], alone, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
+    vae = tiny_vae(0, **{**SMALL_VAE, "base_dim": 8}).eval()
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    weight = torch.ones_like(x[:, :1])
+
+    def loss(lone_weight: float, swap_prob: float) -> torch.Tensor:
+        config = VaeConfig(out=Path("unused"), kl_weight=0.0, lone_weight=lone_weight, swap_prob=swap_prob)
+        return vae_loss(vae, x, weight, config, np.random.default_rng(0))
+
+    latents = vae.encode(x).latent_dist.mode()
+    lone = lone_frame_latents(vae, x)
+    gap = (latents[:, :, 1:] - lone).pow(2).mean() / latents.pow(2).mean()
+    torch.testing.assert_close(loss(2.0, 0.0) - loss(0.0, 0.0), 2 * gap, rtol=1e-4, atol=1e-6)
+    # One chunk: a swap always replaces latent frame 1 with frame 4 encoded alone.
+    error = vae.decode(torch.cat([latents[:, :, :1], lone], dim=2)).sample - x
+    torch.testing.assert_close(loss(0.0, 1.0), (error.abs() + error.pow(2)).mean(), rtol=1e-4, atol=1e-6)
+    assert not torch.isclose(loss(0.0, 1.0), loss(0.0, 0.0))
+
+
 # ---- LoRA layout ---------------------------------------------------------------------------
 
 
@@ -256,6 +289,7 @@ def test_evaluate_runs_and_prints_metrics(tiny_dir, tmp_path, capsys) -> None:
         assert re.search(rf"^\s*{task}: .*clips 1", printed, re.M), task
     metrics = json.loads(metrics_file.read_text())
     assert 0 < metrics["i2v_lora"]["first_psnr"] < 100
+    assert 0 < metrics["vae_recon"]["keyframe_psnr"] < 100
     assert metrics["i2v_lora"]["latent_mse"] >= 0
     assert metrics["settings"]["steps"] == 1
     assert len(metrics["checks"]) == 10 and re.search(r"^(PASS|FAIL)  I2V: first frame", printed, re.M)

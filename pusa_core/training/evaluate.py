@@ -188,6 +188,20 @@ def _latent_mse(generated: torch.Tensor, truth: torch.Tensor, frames: slice) -> 
     return (generated[:, :, frames] - truth[:, :, frames]).pow(2).mean(dim=(0, 1, 3, 4))
 
 
+def vae_row(ev: Evaluator, clip: Clip, clip_latents: torch.Tensor) -> dict[str, float]:
+    """Reconstruction PSNR, and the last frame's PSNR when its chunk latent is that frame encoded alone.
+
+    The second is what start/end asks of the VAE: the end keyframe is encoded alone but decoded as
+    the last chunk of a video.
+    """
+    gt = _gt_frames(clip)
+    recon = to_uint8(decode_latents(ev.model.vae, clip_latents))
+    swapped = clip_latents.clone()
+    swapped[:, :, -1:] = ev.image_latent(clip.pixels[:, -1])
+    keyframe = to_uint8(decode_latents(ev.model.vae, swapped))
+    return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(recon, gt)])), "keyframe_psnr": psnr(keyframe[-1], gt[-1])}
+
+
 def i2v_row(ev: Evaluator, clip: Clip, clip_latents: torch.Tensor, alpha: float, seed: int) -> TaskResult:
     """First frame given (encoded alone, as the app does it)."""
     gt = _gt_frames(clip)
@@ -249,8 +263,7 @@ def evaluate(model: TinyModel, settings: Settings, clips: int, strips: Path | No
             clip = ev.clip(i, straight=task == "extension")
             clip_latents = encode_pixels(model.vae, clip.pixels[None])
             if task == "i2v":
-                recon = to_uint8(decode_latents(model.vae, clip_latents))
-                rows["vae_recon"].append({"psnr": float(np.mean([psnr(a, b) for a, b in zip(recon, _gt_frames(clip))]))})
+                rows["vae_recon"].append(vae_row(ev, clip, clip_latents))
             for variant, alpha in (("lora", settings.alpha), ("base", 0.0)):
                 row, out = run(ev, clip, clip_latents, alpha, i)
                 rows.setdefault(f"{task}_{variant}", []).append(row)

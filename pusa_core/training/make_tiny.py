@@ -53,6 +53,8 @@ class Recipe:
     vae_frames: int = FRAMES
     vae_crop: int = 32
     vae_lr: float = 3e-3
+    vae_lone_weight: float = 0.0
+    vae_swap_prob: float = 0.0
     size: int = SIZE
     frames: int = FRAMES
     max_sequence_length: int = 16
@@ -78,15 +80,17 @@ APP_DEFAULTS: dict[str, Any] = {
 }
 
 FULL = Recipe(
-    vae_steps=2800,
+    vae_steps=3000,
     vae_overrides=SMALL_VAE,
+    vae_lone_weight=0.25,
+    vae_swap_prob=0.5,
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
-    clips=2000,
+    clips=4000,
     stats_clips=64,
-    base={"steps": 5000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
-    lora={"steps": 2000, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
+    base={"steps": 7000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
+    lora={"steps": 4500, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
           "clean_prob": 0.2, "sync_prob": 0.1},
     defaults=APP_DEFAULTS,
 )
@@ -101,6 +105,8 @@ FAST = Recipe(
     stats_clips=4,
     vae_batch=2,
     vae_frames=5,
+    vae_lone_weight=0.5,
+    vae_swap_prob=0.5,
     size=32,
     frames=5,
     base={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "log_every": 1},
@@ -124,7 +130,8 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
     if vae_from is None:
         vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
-                               crop=recipe.vae_crop, lr=recipe.vae_lr, seed=seed,
+                               crop=recipe.vae_crop, lr=recipe.vae_lr, lone_weight=recipe.vae_lone_weight,
+                               swap_prob=recipe.vae_swap_prob, seed=seed,
                                clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
                                log_every=max(1, min(25, recipe.vae_steps)))
         vae, vae_losses = train_vae(vae_config, accelerator)

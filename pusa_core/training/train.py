@@ -54,6 +54,12 @@ class VaeConfig:
     # The object covers ~5% of a frame: unweighted, the loss is met by painting the background and
     # the object is washed out. Object pixels (and their anti-aliased edge) weigh 1 + this.
     object_weight: float = 5.0
+    # Keyframes are encoded alone (as Pusa does) but sit at later latent positions, where a chunk
+    # latent is expected. These two terms make a lone frame's latent stand in for its chunk's:
+    # ``lone_weight`` pulls chunk k's latent towards that of its last frame (4k) encoded alone, and
+    # ``swap_prob`` is the share of clips decoded with one chunk latent swapped for the lone one.
+    lone_weight: float = 0.0
+    swap_prob: float = 0.0
     clip_grad: float = 5.0
     clip_frames: int = FRAMES
     clip_size: int = SIZE
@@ -112,6 +118,47 @@ def _window(clip: torch.Tensor, frames: int, size: int, rng: np.random.Generator
     return clip[:, :, y0 : y0 + size, x0 : x0 + size]
 
 
+def lone_frame_latents(vae: AutoencoderKLWan, x: torch.Tensor) -> torch.Tensor:
+    """Posterior means of frames 4, 8, ... of ``x`` ``[B, C, T, H, W]``, each encoded alone: ``[B, z, (T-1)//4, h, w]``.
+
+    Frame 4k is the last frame of latent chunk k, the frame a keyframe at latent position k stands for.
+    """
+    frames = x[:, :, 4::4]
+    b, c, k, h, w = frames.shape
+    singles = frames.transpose(1, 2).reshape(b * k, c, 1, h, w)
+    mean = vae.encode(singles).latent_dist.mode()
+    return mean.reshape(b, k, *mean.shape[1:]).squeeze(3).transpose(1, 2)
+
+
+def vae_loss(
+    vae: AutoencoderKLWan, x: torch.Tensor, weight: torch.Tensor, config: VaeConfig, rng: np.random.Generator
+) -> torch.Tensor:
+    """Weighted L1 + L2 reconstruction, a light KL, and (when enabled) the lone-frame terms of ``config``."""
+    posterior = vae.encode(x).latent_dist
+    # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which drowns
+    # the signal and stalls a short CPU run; latents are normalized afterwards anyway.
+    latents = posterior.mode()
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
+    loss = config.kl_weight * kl.float()
+    chunks = latents.shape[2] - 1
+    if chunks and (config.lone_weight or config.swap_prob):
+        lone = lone_frame_latents(vae, x)
+        # Relative to the latents' own scale, so shrinking them all cannot satisfy it.
+        gap = (latents[:, :, 1:] - lone).pow(2).mean() / latents.detach().pow(2).mean().clamp_min(1e-6)
+        loss = loss + config.lone_weight * gap.float()
+        swapped = torch.from_numpy(rng.random(len(x)) < config.swap_prob)
+        if swapped.any():
+            position = torch.from_numpy(rng.integers(1, chunks + 1, len(x)))
+            rows = swapped.nonzero().squeeze(1)
+            pick = torch.zeros_like(latents[:, :1, :, :1, :1], dtype=torch.bool)
+            pick[rows, 0, position[rows], 0, 0] = True
+            padded = torch.cat([latents[:, :, :1], lone], dim=2)
+            latents = torch.where(pick.to(latents.device), padded, latents)
+    error = vae.decode(latents).sample.float() - x
+    # L2 pulls colours in fast from a gray start; L1 keeps edges sharp.
+    return loss + (weight * (error.abs() + error.pow(2))).mean()
+
+
 def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderKLWan, list[float]]:
     """Train a small ``AutoencoderKLWan`` on procedural clips (object-weighted L1 + L2, a light KL); return it and its losses."""
     if accelerator.num_processes > 1:
@@ -133,14 +180,7 @@ def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderK
         both = torch.stack([_window(torch.cat([c.pixels, c.mask]), frames, size, rng) for c in clips]).to(accelerator.device)
         x, weight = both[:, :3], 1 + config.object_weight * both[:, 3:]
         with accelerator.autocast():
-            posterior = vae.encode(x).latent_dist
-            # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which
-            # drowns the signal and stalls a short CPU run; latents are normalized afterwards anyway.
-            recon = vae.decode(posterior.mode()).sample
-            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
-            error = recon.float() - x
-            # L2 pulls colours in fast from a gray start; L1 keeps edges sharp.
-            loss = (weight * (error.abs() + error.pow(2))).mean() + config.kl_weight * kl.float()
+            loss = vae_loss(vae, x, weight, config, rng)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(vae.parameters(), config.clip_grad)
         optimizer.step()
@@ -226,6 +266,9 @@ def train_transformer(
         "cosine", optimizer, num_warmup_steps=config.warmup * accelerator.num_processes,
         num_training_steps=config.steps * accelerator.num_processes,
     )
+    if config.object_weight and cache.weights is None:
+        raise ValueError("object_weight needs a latent cache with object weights: build it with the 'encode' stage, "
+                         "or set object_weight to 0")
     weights = torch.ones_like(cache.latents[:, :1]) if cache.weights is None else 1 + config.object_weight * cache.weights
     loader = DataLoader(
         TensorDataset(cache.latents, cache.context, weights),
@@ -308,6 +351,12 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--batch", type=int, default=VaeConfig.batch)
     vae.add_argument("--lr", type=float, default=VaeConfig.lr)
     vae.add_argument("--base-dim", type=int, default=SMALL_VAE["base_dim"])
+    vae.add_argument("--object-weight", type=float, default=VaeConfig.object_weight,
+                     help="extra loss weight on object pixels (1 + this)")
+    vae.add_argument("--lone-weight", type=float, default=VaeConfig.lone_weight,
+                     help="pull each chunk's latent towards its last frame encoded alone")
+    vae.add_argument("--swap-prob", type=float, default=VaeConfig.swap_prob,
+                     help="share of clips decoded with one chunk latent swapped for a lone-frame latent")
     vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
 
     enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
@@ -326,6 +375,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--warmup", type=int, default=TransformerConfig.warmup)
         p.add_argument("--shift", type=float, default=TransformerConfig.shift)
         p.add_argument("--caption-dropout", type=float, default=TransformerConfig.caption_dropout)
+        p.add_argument("--object-weight", type=float, default=TransformerConfig.object_weight,
+                       help="extra loss weight (1 + this) where the cache marks the object; needs a cache with weights")
         p.add_argument("--gradient-checkpointing", action="store_true")
         p.add_argument("--checkpoint-every", type=int, default=0)
         p.add_argument("--resume", type=Path, default=None, help="an accelerate checkpoint folder to continue from")
@@ -350,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     if args.stage == "vae":
         config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                           object_weight=args.object_weight, lone_weight=args.lone_weight, swap_prob=args.swap_prob,
                            vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
         vae, losses = train_vae(config, accelerator)
         if accelerator.is_main_process:
@@ -368,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         common = dict(out=args.out, steps=args.steps, batch=args.batch, grad_accum=args.grad_accum, lr=args.lr,
                       warmup=args.warmup, shift=args.shift, caption_dropout=args.caption_dropout,
                       gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, seed=args.seed)
+                      object_weight=args.object_weight, resume=args.resume, seed=args.seed)
         if args.stage == "base":
             config = TransformerConfig(**common)
             transformer = PusaTransformer3DModel(**json.loads(args.config.read_text()))
