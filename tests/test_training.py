@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from PIL import Image
 
 from pusa_core.lora import load_lora, set_lora_alpha
-from pusa_core.training import evaluate, make_tiny
+from pusa_core.training import evaluate, make_tiny, train
 from pusa_core.training.data import DIRECTIONS, OBJECT_COLOURS, caption, make_clip, vocabulary
 from pusa_core.training.fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
 from pusa_core.training.cache import LatentCache
 from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, to_pusa_layout
 from pusa_core.training.tracking import intact, linear_fit_rms, track
-from pusa_core.training.train import VaeConfig, latent_mask, lone_frame_latents, vae_loss
-from pusa_core.tiny_models import SMALL_VAE, tiny_vae
+from pusa_core.training.train import TransformerConfig, VaeConfig, latent_mask, lone_frame_latents, train_transformer, vae_loss
+from pusa_core.tiny_models import SMALL_VAE, TINY_TRANSFORMER, tiny_transformer, tiny_vae
 from pusa_core.transformer import PusaTransformer3DModel
 
 # ---- data -----------------------------------------------------------------------------------
@@ -197,9 +198,9 @@ def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
     x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
     weight = torch.ones_like(x[:, :1])
 
-    def loss(lone_weight: float, swap_prob: float) -> torch.Tensor:
+    def loss(lone_weight: float, swap_prob: float, lone_terms: bool = True) -> torch.Tensor:
         config = VaeConfig(out=Path("unused"), kl_weight=0.0, lone_weight=lone_weight, swap_prob=swap_prob)
-        return vae_loss(vae, x, weight, config, np.random.default_rng(0))
+        return vae_loss(vae, x, weight, config, np.random.default_rng(0), lone_terms)
 
     latents = vae.encode(x).latent_dist.mode()
     lone = lone_frame_latents(vae, x)
@@ -209,6 +210,8 @@ def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
     error = vae.decode(torch.cat([latents[:, :, :1], lone], dim=2)).sample - x
     torch.testing.assert_close(loss(0.0, 1.0), (error.abs() + error.pow(2)).mean(), rtol=1e-4, atol=1e-6)
     assert not torch.isclose(loss(0.0, 1.0), loss(0.0, 0.0))
+    # Before lone_start: plain reconstruction, whatever the weights.
+    torch.testing.assert_close(loss(2.0, 1.0, lone_terms=False), loss(0.0, 0.0))
 
 
 # ---- LoRA layout ---------------------------------------------------------------------------
@@ -255,6 +258,32 @@ def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
     assert record["vae_from"] == str(tiny_dir) and record["final_loss"]["vae"] is None
     with pytest.raises(FileNotFoundError, match="--vae-from .* must be a make_tiny output folder"):
         make_tiny.main(["--out", str(tmp_path / "x"), "--fast", "--vae-from", str(tmp_path / "missing")])
+
+
+def test_train_cli_runs_every_stage_at_toy_size(tiny_dir, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    cache, base, lora = tmp_path / "cache.safetensors", tmp_path / "base", tmp_path / "lora"
+    train.main(["vae", "--out", str(tmp_path / "v"), "--steps", "2", "--batch", "1", "--base-dim", "8",
+                "--stats-clips", "1", "--lone-weight", "0.5", "--swap-prob", "1", "--lone-start", "1"])
+    assert json.loads((tmp_path / "v" / "vae" / "config.json").read_text())["latents_std"] != [1.0] * 16
+    assert json.loads((tmp_path / "v" / "vae_record.json").read_text())["args"]["swap_prob"] == 1
+    train.main(["encode", "--model-dir", str(tiny_dir), "--clips", "3", "--out", str(cache)])
+    assert LatentCache.load(cache).weights.shape == (3, 1, 5, 8, 8)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_TRANSFORMER))
+    train.main(["base", "--cache", str(cache), "--config", str(tmp_path / "config.json"), "--steps", "2", "--batch", "2",
+                "--warmup", "1", "--object-weight", "4", "--out", str(base)])
+    train.main(["lora", "--cache", str(cache), "--transformer", str(base / "transformer"), "--rank", "4", "--steps", "2",
+                "--batch", "2", "--warmup", "1", "--object-weight", "4", "--out", str(lora)])
+    assert json.loads((lora / "lora_record.json").read_text())["args"]["object_weight"] == 4
+    assert any("lora_A" in key for key in load_file(lora / "pusa_lora.safetensors"))
+
+
+def test_object_weight_needs_a_cache_with_weights(tmp_path) -> None:
+    cache = LatentCache(torch.randn(2, 16, 2, 4, 4), torch.randn(2, 4, 32), torch.randn(1, 4, 32))
+    config = TransformerConfig(out=tmp_path, steps=1, batch=2, object_weight=4.0)
+    with pytest.raises(ValueError, match="object_weight needs a latent cache with object weights"):
+        train_transformer(config, cache, tiny_transformer(0), Accelerator())
 
 
 def test_saved_lora_is_pusa_layout_and_loads_on_every_module(tiny_dir) -> None:

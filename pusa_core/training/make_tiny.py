@@ -55,6 +55,7 @@ class Recipe:
     vae_lr: float = 3e-3
     vae_lone_weight: float = 0.0
     vae_swap_prob: float = 0.0
+    vae_lone_start: int = 0
     size: int = SIZE
     frames: int = FRAMES
     max_sequence_length: int = 16
@@ -84,6 +85,7 @@ FULL = Recipe(
     vae_overrides=SMALL_VAE,
     vae_lone_weight=0.25,
     vae_swap_prob=0.5,
+    vae_lone_start=1200,
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
@@ -131,7 +133,7 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     if vae_from is None:
         vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
                                crop=recipe.vae_crop, lr=recipe.vae_lr, lone_weight=recipe.vae_lone_weight,
-                               swap_prob=recipe.vae_swap_prob, seed=seed,
+                               swap_prob=recipe.vae_swap_prob, lone_start=recipe.vae_lone_start, seed=seed,
                                clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
                                log_every=max(1, min(25, recipe.vae_steps)))
         vae, vae_losses = train_vae(vae_config, accelerator)

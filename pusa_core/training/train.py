@@ -60,6 +60,9 @@ class VaeConfig:
     # ``swap_prob`` is the share of clips decoded with one chunk latent swapped for the lone one.
     lone_weight: float = 0.0
     swap_prob: float = 0.0
+    # From a random init they swamp the reconstruction (the loss stalls), so they start once the
+    # autoencoder reconstructs: at this step.
+    lone_start: int = 0
     clip_grad: float = 5.0
     clip_frames: int = FRAMES
     clip_size: int = SIZE
@@ -131,9 +134,14 @@ def lone_frame_latents(vae: AutoencoderKLWan, x: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(
-    vae: AutoencoderKLWan, x: torch.Tensor, weight: torch.Tensor, config: VaeConfig, rng: np.random.Generator
+    vae: AutoencoderKLWan,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    config: VaeConfig,
+    rng: np.random.Generator,
+    lone_terms: bool = True,
 ) -> torch.Tensor:
-    """Weighted L1 + L2 reconstruction, a light KL, and (when enabled) the lone-frame terms of ``config``."""
+    """Weighted L1 + L2 reconstruction, a light KL, and (if ``lone_terms``) the lone-frame terms of ``config``."""
     posterior = vae.encode(x).latent_dist
     # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which drowns
     # the signal and stalls a short CPU run; latents are normalized afterwards anyway.
@@ -141,7 +149,7 @@ def vae_loss(
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
     loss = config.kl_weight * kl.float()
     chunks = latents.shape[2] - 1
-    if chunks and (config.lone_weight or config.swap_prob):
+    if lone_terms and chunks and (config.lone_weight or config.swap_prob):
         lone = lone_frame_latents(vae, x)
         # Relative to the latents' own scale, so shrinking them all cannot satisfy it.
         gap = (latents[:, :, 1:] - lone).pow(2).mean() / latents.detach().pow(2).mean().clamp_min(1e-6)
@@ -180,7 +188,7 @@ def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderK
         both = torch.stack([_window(torch.cat([c.pixels, c.mask]), frames, size, rng) for c in clips]).to(accelerator.device)
         x, weight = both[:, :3], 1 + config.object_weight * both[:, 3:]
         with accelerator.autocast():
-            loss = vae_loss(vae, x, weight, config, rng)
+            loss = vae_loss(vae, x, weight, config, rng, lone_terms=step > config.lone_start)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(vae.parameters(), config.clip_grad)
         optimizer.step()
@@ -357,6 +365,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="pull each chunk's latent towards its last frame encoded alone")
     vae.add_argument("--swap-prob", type=float, default=VaeConfig.swap_prob,
                      help="share of clips decoded with one chunk latent swapped for a lone-frame latent")
+    vae.add_argument("--lone-start", type=int, default=VaeConfig.lone_start,
+                     help="step at which the lone-frame terms start (after the autoencoder reconstructs)")
     vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
 
     enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
@@ -402,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage == "vae":
         config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                            object_weight=args.object_weight, lone_weight=args.lone_weight, swap_prob=args.swap_prob,
+                           lone_start=args.lone_start,
                            vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
         vae, losses = train_vae(config, accelerator)
         if accelerator.is_main_process:
