@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,9 +199,9 @@ def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
     x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
     weight = torch.ones_like(x[:, :1])
 
-    def loss(lone_weight: float, swap_prob: float, lone_terms: bool = True) -> torch.Tensor:
+    def loss(lone_weight: float, swap_prob: float) -> torch.Tensor:
         config = VaeConfig(out=Path("unused"), kl_weight=0.0, lone_weight=lone_weight, swap_prob=swap_prob)
-        return vae_loss(vae, x, weight, config, np.random.default_rng(0), lone_terms)
+        return vae_loss(vae, x, weight, config, np.random.default_rng(0))
 
     latents = vae.encode(x).latent_dist.mode()
     lone = lone_frame_latents(vae, x)
@@ -210,8 +211,6 @@ def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
     error = vae.decode(torch.cat([latents[:, :, :1], lone], dim=2)).sample - x
     torch.testing.assert_close(loss(0.0, 1.0), (error.abs() + error.pow(2)).mean(), rtol=1e-4, atol=1e-6)
     assert not torch.isclose(loss(0.0, 1.0), loss(0.0, 0.0))
-    # Before lone_start: plain reconstruction, whatever the weights.
-    torch.testing.assert_close(loss(2.0, 1.0, lone_terms=False), loss(0.0, 0.0))
 
 
 # ---- LoRA layout ---------------------------------------------------------------------------
@@ -242,7 +241,23 @@ def test_make_tiny_writes_the_model_folder(tiny_dir) -> None:
     assert {"width", "height", "num_frames", "fps", "steps", "cfg", "lora_alpha", "noise_multiplier",
             "max_sequence_length", "example_prompts"} <= set(defaults)
     record = json.loads((tiny_dir / "training_record.json").read_text())
-    assert set(record["stage_seconds"]) == {"vae", "encode", "base", "lora"}
+    assert set(record["stage_seconds"]) == {"vae", "vae_keyframe", "encode", "base", "lora"}
+    assert record["final_loss"]["vae_keyframe"] is not None
+
+
+def test_shipped_small_model_matches_the_full_recipe_and_the_limits() -> None:
+    """weights/pusa-tiny is what `make_tiny` (FULL) writes: same recipe, under 90 min of training, at most 30 MB."""
+    from pusa_core.weights import SHIPPED_TINY_DIR
+
+    record = json.loads((SHIPPED_TINY_DIR / "training_record.json").read_text())
+    full = {k: v for k, v in make_tiny.FULL.__dict__.items() if k != "defaults"}
+    assert record["recipe"] == json.loads(json.dumps(full))
+    assert set(record["stage_seconds"]) == {"vae", "vae_keyframe", "encode", "base", "lora"}
+    assert record["total_seconds"] == pytest.approx(sum(record["stage_seconds"].values()), abs=0.5)
+    assert record["total_seconds"] < 90 * 60
+    assert json.loads((SHIPPED_TINY_DIR / "defaults.json").read_text()) == \
+        json.loads(json.dumps({**make_tiny.FULL.defaults, "max_sequence_length": make_tiny.FULL.max_sequence_length}))
+    assert sum(f.stat().st_size for f in SHIPPED_TINY_DIR.rglob("*") if f.is_file()) <= 30_000_000
 
 
 def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
@@ -256,6 +271,20 @@ def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
         json.loads((tiny_dir / "vae" / "config.json").read_text())["latents_std"]
     record = json.loads((out / "training_record.json").read_text())
     assert record["vae_from"] == str(tiny_dir) and record["final_loss"]["vae"] is None
+    assert "vae_keyframe" not in record["stage_seconds"]
+    # An earlier VAE without the keyframe phase gets it (and new latent statistics).
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_dir / "vae", plain / "vae")
+    earlier = json.loads((tiny_dir / "training_record.json").read_text())
+    del earlier["stage_seconds"]["vae_keyframe"]
+    (plain / "training_record.json").write_text(json.dumps(earlier))
+    tuned = tmp_path / "tuned"
+    make_tiny.main(["--out", str(tuned), "--fast", "--threads", "1", "--vae-from", str(plain)])
+    assert "vae_keyframe" in json.loads((tuned / "training_record.json").read_text())["stage_seconds"]
+    third = load_file(tuned / "vae" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(first[k], third[k]) for k in first)
+    assert json.loads((tuned / "vae" / "config.json").read_text())["latents_std"] != \
+        json.loads((tiny_dir / "vae" / "config.json").read_text())["latents_std"]
     with pytest.raises(FileNotFoundError, match="--vae-from .* must be a make_tiny output folder"):
         make_tiny.main(["--out", str(tmp_path / "x"), "--fast", "--vae-from", str(tmp_path / "missing")])
 
@@ -264,10 +293,16 @@ def test_train_cli_runs_every_stage_at_toy_size(tiny_dir, tmp_path) -> None:
     from safetensors.torch import load_file
 
     cache, base, lora = tmp_path / "cache.safetensors", tmp_path / "base", tmp_path / "lora"
-    train.main(["vae", "--out", str(tmp_path / "v"), "--steps", "2", "--batch", "1", "--base-dim", "8",
-                "--stats-clips", "1", "--lone-weight", "0.5", "--swap-prob", "1", "--lone-start", "1"])
+    train.main(["vae", "--out", str(tmp_path / "v"), "--steps", "2", "--batch", "1", "--base-dim", "8", "--stats-clips", "1"])
     assert json.loads((tmp_path / "v" / "vae" / "config.json").read_text())["latents_std"] != [1.0] * 16
-    assert json.loads((tmp_path / "v" / "vae_record.json").read_text())["args"]["swap_prob"] == 1
+    # Fine-tuning the model folder's VAE with the keyframe terms.
+    train.main(["vae", "--init", str(tiny_dir), "--out", str(tmp_path / "k"), "--steps", "2", "--batch", "1",
+                "--stats-clips", "1", "--lone-weight", "0.5", "--swap-prob", "1"])
+    before, after = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (tiny_dir, tmp_path / "k"))
+    assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tmp_path / "k" / "vae_record.json").read_text())["args"]["swap_prob"] == 1
+    with pytest.raises(SystemExit, match="--init .*: no VAE there"):
+        train.main(["vae", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "n"), "--steps", "1"])
     train.main(["encode", "--model-dir", str(tiny_dir), "--clips", "3", "--out", str(cache)])
     assert LatentCache.load(cache).weights.shape == (3, 1, 5, 8, 8)
     (tmp_path / "config.json").write_text(json.dumps(TINY_TRANSFORMER))
@@ -311,7 +346,7 @@ def test_evaluate_runs_and_prints_metrics(tiny_dir, tmp_path, capsys) -> None:
     strips = tmp_path / "strips"
     metrics_file = tmp_path / "metrics.json"
     evaluate.main(["--model-dir", str(tiny_dir), "--clips", "1", "--steps", "1", "--strips", str(strips),
-                   "--json", str(metrics_file)])
+                   "--json", str(metrics_file), "--markdown", str(tmp_path / "tables.md")])
     printed = capsys.readouterr().out
     for task in ("vae_recon", "i2v_lora", "i2v_base", "start_end_lora", "start_end_base", "extension_lora",
                  "extension_base", "t2v_lora", "t2v_base"):
@@ -322,6 +357,7 @@ def test_evaluate_runs_and_prints_metrics(tiny_dir, tmp_path, capsys) -> None:
     assert metrics["i2v_lora"]["latent_mse"] >= 0
     assert metrics["settings"]["steps"] == 1
     assert len(metrics["checks"]) == 10 and re.search(r"^(PASS|FAIL)  I2V: first frame", printed, re.M)
+    assert len(re.findall(r"^\| .* \| (pass|FAIL) \|$", (tmp_path / "tables.md").read_text(), re.M)) == 10
     for name in ("i2v.png", "start_end.png", "extension.png", "t2v.png"):
         with Image.open(strips / name) as image:
             assert image.width > image.height > 0
@@ -347,6 +383,20 @@ def test_checks_pass_good_numbers_and_fail_missing_or_bad_ones() -> None:
                       "LoRA keeps base T2V (found-all difference)"}
     text = evaluate.format_checks(evaluate.checks(bad))
     assert "FAIL  start/end: ends at the given end (px): n/a (needs <= 4)" in text
+    tables = evaluate.markdown_tables(bad, evaluate.checks(bad))
+    assert "| start/end: distance to the true start / end (px) | n/a / n/a | 1 / n/a |" in tables
+    assert "| I2V: latent MSE of the frames after the image | 0.5 | 0.45 |" in tables
+    assert "| LoRA vs base: I2V latent MSE ratio | 0.9 | ≤ 0.8 | FAIL |" in tables
+
+
+def test_readme_tables_are_the_shipped_metrics() -> None:
+    """README's small-model tables are what `evaluate --markdown` makes of docs/tiny/metrics.json."""
+    root = Path(__file__).resolve().parents[1]
+    metrics = json.loads((root / "docs" / "tiny" / "metrics.json").read_text())
+    tables = evaluate.markdown_tables(metrics, evaluate.checks(metrics))
+    readme = (root / "README.md").read_text()
+    assert [line for line in tables.splitlines() if line and line not in readme] == []
+    assert (root / "docs" / "tiny" / "tables.md").read_text() == tables
 
 
 def test_evaluate_names_a_missing_model_folder(tmp_path) -> None:

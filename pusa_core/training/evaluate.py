@@ -342,6 +342,43 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# README rows: (label, task, metric key or keys shown as "a / b").
+TABLE_ROWS: tuple[tuple[str, str, str | tuple[str, ...]], ...] = (
+    ("I2V: object found in every frame (share of clips)", "i2v", "found_all"),
+    ("I2V: frames where the object is one blob of its size", "i2v", "intact"),
+    ("I2V: object moves the captioned way", "i2v", "right_way"),
+    ("I2V: RMS px off a straight/one-bounce path", "i2v", "path_rms"),
+    ("I2V: latent MSE of the frames after the image", "i2v", "latent_mse"),
+    ("I2V: latent MSE of the next frame", "i2v", "next_latent_mse"),
+    ("start/end: distance to the true start / end (px)", "start_end", ("start_err", "end_err")),
+    ("start/end: latent MSE of the middle frames", "start_end", "mid_latent_mse"),
+    ("extension: object found in every generated frame", "extension", "found_all"),
+    ("extension: speed error (px/frame) / speed ratio", "extension", ("speed_err", "speed_ratio")),
+    ("extension: latent MSE against the true continuation", "extension", "rest_latent_mse"),
+    ("T2V: object found in every frame", "t2v", "found_all"),
+    ("T2V: frames where the object is one blob of its size", "t2v", "intact"),
+)
+
+
+def markdown_tables(metrics: dict[str, Any], results: list[Check]) -> str:
+    """Base vs base + LoRA, then the checks, as Markdown tables (the README's)."""
+
+    def cell(values: dict[str, Any], key: str | tuple[str, ...]) -> str:
+        if isinstance(key, tuple):
+            return " / ".join(cell(values, k) for k in key)
+        value = values.get(key)
+        return "n/a" if value is None else f"{value:.3g}"
+
+    lines = ["| measure | base (scalar timesteps) | base + Pusa LoRA |", "|---|---|---|"]
+    for label, task, key in TABLE_ROWS:
+        lines.append(f"| {label} | {cell(metrics.get(task + '_base', {}), key)} | {cell(metrics.get(task + '_lora', {}), key)} |")
+    lines += ["", "| claim | measured | bound | |", "|---|---|---|---|"]
+    for c in results:
+        value = "n/a" if c.value is None else f"{c.value:.3g}"
+        lines.append(f"| {c.claim} | {value} | {'≥' if c.higher_is_better else '≤'} {c.bound:g} | {'pass' if c.passed else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pusa_core.training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -352,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise-multiplier", type=float, default=None)
     parser.add_argument("--strips", type=Path, default=None, help="folder for the frame-strip PNGs")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the README's tables here")
     args = parser.parse_args(argv)
     if args.clips < 1:
         parser.error("--clips must be at least 1")
@@ -372,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown_tables(metrics, results))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m pusa_core.training.make_tiny --out weights/pusa-tiny          # the shipped model
     python -m pusa_core.training.make_tiny --out /tmp/pusa-tiny --fast      # a seconds-long smoke run
 
-Stages: a small AutoencoderKLWan on procedural clips; a frozen random UMT5 with a word tokenizer over
+Stages: a small AutoencoderKLWan on procedural clips, then a keyframe phase that fine-tunes it so a
+frame encoded alone decodes at a later latent position; a frozen random UMT5 with a word tokenizer over
 the caption vocabulary; a base Wan transformer trained with scalar timesteps (plain flow matching,
 the stand-in for Wan2.1-T2V); and the Pusa LoRA on it, trained with frame-aware flow matching.
 """
@@ -11,6 +12,7 @@ the stand-in for Wan2.1-T2V); and the Pusa LoRA on it, trained with frame-aware 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -53,9 +55,12 @@ class Recipe:
     vae_frames: int = FRAMES
     vae_crop: int = 32
     vae_lr: float = 3e-3
+    # The keyframe phase: fine-tunes the trained VAE with the lone-frame terms (see VaeConfig) so that
+    # an end frame or keyframe, encoded alone, decodes right at a later latent position. 0: no phase.
+    vae_keyframe_steps: int = 0
+    vae_keyframe_lr: float = 1e-3
     vae_lone_weight: float = 0.0
     vae_swap_prob: float = 0.0
-    vae_lone_start: int = 0
     size: int = SIZE
     frames: int = FRAMES
     max_sequence_length: int = 16
@@ -81,11 +86,11 @@ APP_DEFAULTS: dict[str, Any] = {
 }
 
 FULL = Recipe(
-    vae_steps=3000,
+    vae_steps=2800,
     vae_overrides=SMALL_VAE,
-    vae_lone_weight=0.25,
+    vae_keyframe_steps=300,
+    vae_lone_weight=0.1,
     vae_swap_prob=0.5,
-    vae_lone_start=1200,
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
@@ -107,6 +112,7 @@ FAST = Recipe(
     stats_clips=4,
     vae_batch=2,
     vae_frames=5,
+    vae_keyframe_steps=2,
     vae_lone_weight=0.5,
     vae_swap_prob=0.5,
     size=32,
@@ -121,7 +127,8 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     """Train every stage of ``recipe`` and write the model folder ``out``; return the training record.
 
     ``vae_from`` (a folder holding ``vae/`` from an earlier build) skips the VAE stage, which is the
-    longest, so the transformer stages can be retrained alone.
+    longest, so the transformer stages can be retrained alone; the keyframe phase still runs unless
+    that build had it too.
     """
     accelerator = Accelerator()
     stages: dict[str, float] = {}
@@ -130,21 +137,30 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     t0 = time.perf_counter()
     tokenizer = build_word_tokenizer(vocabulary())
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
-    if vae_from is None:
-        vae_config = VaeConfig(out=work, steps=recipe.vae_steps, batch=recipe.vae_batch, frames=recipe.vae_frames,
-                               crop=recipe.vae_crop, lr=recipe.vae_lr, lone_weight=recipe.vae_lone_weight,
-                               swap_prob=recipe.vae_swap_prob, lone_start=recipe.vae_lone_start, seed=seed,
-                               clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides,
-                               log_every=max(1, min(25, recipe.vae_steps)))
-        vae, vae_losses = train_vae(vae_config, accelerator)
+    common = dict(out=work, batch=recipe.vae_batch, frames=recipe.vae_frames, crop=recipe.vae_crop,
+                  clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides)
+    earlier = _earlier_record(vae_from) if vae_from is not None else None
+    if earlier is None:
+        vae, vae_losses = train_vae(VaeConfig(steps=recipe.vae_steps, lr=recipe.vae_lr, seed=seed,
+                                              log_every=max(1, min(25, recipe.vae_steps)), **common), accelerator)
+    else:
+        vae, vae_losses = AutoencoderKLWan.from_pretrained(vae_from / "vae"), []
+    keyframe_losses: list[float] = []
+    keyframe = bool(recipe.vae_keyframe_steps) and (earlier is None or "vae_keyframe" not in earlier["stage_seconds"])
+    if keyframe:
+        stages["vae"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        vae, keyframe_losses = train_vae(
+            VaeConfig(steps=recipe.vae_keyframe_steps, lr=recipe.vae_keyframe_lr, lone_weight=recipe.vae_lone_weight,
+                      swap_prob=recipe.vae_swap_prob, seed=seed + 1, log_every=max(1, min(25, recipe.vae_keyframe_steps)),
+                      **common),
+            accelerator, vae)
+    if earlier is None or keyframe:
         # Statistics come from clips outside both the training and the held-out seeds.
         stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
-        set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
-    else:
-        vae = _earlier_vae(vae_from)
-        vae_losses = []
-    vae.save_pretrained(out / "vae", safe_serialization=True)
-    stages["vae"] = time.perf_counter() - t0
+        set_latent_stats(vae.eval(), stats_seeds, frames=recipe.frames, size=recipe.size)
+    stages["vae_keyframe" if keyframe else "vae"] = time.perf_counter() - t0
+    vae.eval().save_pretrained(out / "vae", safe_serialization=True)
 
     t0 = time.perf_counter()
     cache = encode_clips(vae, tokenizer, text_encoder, list(range(recipe.clips)), recipe.max_sequence_length,
@@ -173,7 +189,7 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "total_seconds": round(sum(stages.values()), 1),
         "torch_threads": torch.get_num_threads(),
-        "final_loss": {"vae": _tail(vae_losses), "base": _tail(base_losses), "lora": _tail(lora_losses)},
+        "final_loss": {"vae": _tail(vae_losses), "vae_keyframe": _tail(keyframe_losses), "base": _tail(base_losses), "lora": _tail(lora_losses)},
         "vae_from": str(vae_from) if vae_from is not None else None,
         "clips": recipe.clips,
         "held_out_seed": HELD_OUT_SEED,
@@ -184,11 +200,12 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     return record
 
 
-def _earlier_vae(folder: Path) -> AutoencoderKLWan:
+def _earlier_record(folder: Path) -> dict[str, Any]:
+    """The training record of an earlier make_tiny output ``folder``, which must also hold its ``vae/``."""
     record_file = folder / "training_record.json"
     if not (folder / "vae").is_dir() or not record_file.is_file():
         raise FileNotFoundError(f"--vae-from {folder} must be a make_tiny output folder (with vae/ and training_record.json)")
-    return AutoencoderKLWan.from_pretrained(folder / "vae").eval()
+    return json.loads(record_file.read_text())
 
 
 def _tail(losses: list[float], n: int = 50) -> float | None:
@@ -205,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep the latent cache here (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-from", type=Path, default=None,
-                        help="reuse the VAE of an earlier make_tiny folder and skip the VAE stage")
+                        help="reuse the VAE of an earlier make_tiny folder: skip the VAE stage (and the keyframe "
+                             "phase if that folder had it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads is not None:

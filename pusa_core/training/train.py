@@ -58,11 +58,10 @@ class VaeConfig:
     # latent is expected. These two terms make a lone frame's latent stand in for its chunk's:
     # ``lone_weight`` pulls chunk k's latent towards that of its last frame (4k) encoded alone, and
     # ``swap_prob`` is the share of clips decoded with one chunk latent swapped for the lone one.
+    # From a random init they swamp the reconstruction (the loss stalls): use them to fine-tune a
+    # VAE that already reconstructs (``train_vae(..., vae=trained)``).
     lone_weight: float = 0.0
     swap_prob: float = 0.0
-    # From a random init they swamp the reconstruction (the loss stalls), so they start once the
-    # autoencoder reconstructs: at this step.
-    lone_start: int = 0
     clip_grad: float = 5.0
     clip_frames: int = FRAMES
     clip_size: int = SIZE
@@ -139,9 +138,8 @@ def vae_loss(
     weight: torch.Tensor,
     config: VaeConfig,
     rng: np.random.Generator,
-    lone_terms: bool = True,
 ) -> torch.Tensor:
-    """Weighted L1 + L2 reconstruction, a light KL, and (if ``lone_terms``) the lone-frame terms of ``config``."""
+    """Weighted L1 + L2 reconstruction, a light KL, and the lone-frame terms of ``config`` (when weighted)."""
     posterior = vae.encode(x).latent_dist
     # Decoding the posterior mean, not a sample: at init the posterior variance is ~1, which drowns
     # the signal and stalls a short CPU run; latents are normalized afterwards anyway.
@@ -149,7 +147,7 @@ def vae_loss(
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
     loss = config.kl_weight * kl.float()
     chunks = latents.shape[2] - 1
-    if lone_terms and chunks and (config.lone_weight or config.swap_prob):
+    if chunks and (config.lone_weight or config.swap_prob):
         lone = lone_frame_latents(vae, x)
         # Relative to the latents' own scale, so shrinking them all cannot satisfy it.
         gap = (latents[:, :, 1:] - lone).pow(2).mean() / latents.detach().pow(2).mean().clamp_min(1e-6)
@@ -167,13 +165,18 @@ def vae_loss(
     return loss + (weight * (error.abs() + error.pow(2))).mean()
 
 
-def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderKLWan, list[float]]:
-    """Train a small ``AutoencoderKLWan`` on procedural clips (object-weighted L1 + L2, a light KL); return it and its losses."""
+def train_vae(
+    config: VaeConfig, accelerator: Accelerator, vae: AutoencoderKLWan | None = None
+) -> tuple[AutoencoderKLWan, list[float]]:
+    """Train a small ``AutoencoderKLWan`` on procedural clips (object-weighted L1 + L2, a light KL); return it and its losses.
+
+    A fresh one from ``config.vae_overrides``, or ``vae`` fine-tuned when given.
+    """
     if accelerator.num_processes > 1:
         # The small demo VAE needs no more than one device; the 14B recipe uses Wan's own VAE.
         raise ValueError("the vae stage runs in one process: start it with plain python, not a multi-GPU launch")
     set_seed(config.seed)
-    vae = tiny_vae(config.seed, **config.vae_overrides).train()
+    vae = (tiny_vae(config.seed, **config.vae_overrides) if vae is None else vae).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(50, config.steps // 10), num_training_steps=config.steps)
     vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
@@ -188,7 +191,7 @@ def train_vae(config: VaeConfig, accelerator: Accelerator) -> tuple[AutoencoderK
         both = torch.stack([_window(torch.cat([c.pixels, c.mask]), frames, size, rng) for c in clips]).to(accelerator.device)
         x, weight = both[:, :3], 1 + config.object_weight * both[:, 3:]
         with accelerator.autocast():
-            loss = vae_loss(vae, x, weight, config, rng, lone_terms=step > config.lone_start)
+            loss = vae_loss(vae, x, weight, config, rng)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(vae.parameters(), config.clip_grad)
         optimizer.step()
@@ -365,8 +368,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="pull each chunk's latent towards its last frame encoded alone")
     vae.add_argument("--swap-prob", type=float, default=VaeConfig.swap_prob,
                      help="share of clips decoded with one chunk latent swapped for a lone-frame latent")
-    vae.add_argument("--lone-start", type=int, default=VaeConfig.lone_start,
-                     help="step at which the lone-frame terms start (after the autoencoder reconstructs)")
+    vae.add_argument("--init", type=Path, default=None,
+                     help="a trained VAE folder to fine-tune (e.g. with --lone-weight/--swap-prob) instead of a fresh one")
     vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
 
     enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
@@ -412,9 +415,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage == "vae":
         config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                            object_weight=args.object_weight, lone_weight=args.lone_weight, swap_prob=args.swap_prob,
-                           lone_start=args.lone_start,
                            vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
-        vae, losses = train_vae(config, accelerator)
+        init = None
+        if args.init is not None:
+            folder = args.init / "vae" if (args.init / "vae" / "config.json").is_file() else args.init
+            if not (folder / "config.json").is_file():
+                raise SystemExit(f"--init {args.init}: no VAE there; give a folder with config.json (or a model folder with vae/)")
+            init = AutoencoderKLWan.from_pretrained(folder)
+        vae, losses = train_vae(config, accelerator, init)
         if accelerator.is_main_process:
             set_latent_stats(vae, list(range(config.train_seeds, config.train_seeds + args.stats_clips)))
             vae.save_pretrained(args.out / "vae", safe_serialization=True)
