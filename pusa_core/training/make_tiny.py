@@ -155,12 +155,13 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
                       swap_prob=recipe.vae_swap_prob, seed=seed + 1, log_every=max(1, min(25, recipe.vae_keyframe_steps)),
                       **common),
             accelerator, vae)
+    vae.eval()
     if earlier is None or keyframe:
         # Statistics come from clips outside both the training and the held-out seeds.
         stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
-        set_latent_stats(vae.eval(), stats_seeds, frames=recipe.frames, size=recipe.size)
+        set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
     stages["vae_keyframe" if keyframe else "vae"] = time.perf_counter() - t0
-    vae.eval().save_pretrained(out / "vae", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
 
     t0 = time.perf_counter()
     cache = encode_clips(vae, tokenizer, text_encoder, list(range(recipe.clips)), recipe.max_sequence_length,
