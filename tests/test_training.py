@@ -141,6 +141,19 @@ def test_fafm_clean_and_sync_mixes() -> None:
     assert shifted.mean() > 0.6  # shift > 1 moves training towards high noise
 
 
+def test_fafm_prefix_mix_gives_clean_prefixes_of_every_length() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = sample_sigmas(4000, 5, per_frame=True, generator=g, prefix_prob=1.0)
+    clean = s == 0
+    length = clean.int().cumprod(dim=1).sum(dim=1)  # leading clean frames
+    assert torch.equal(clean.sum(dim=1), length)  # clean frames form a prefix, nothing after it
+    assert set(length.tolist()) == {1, 2, 3, 4}  # one to F-1 frames; the last frame is always generated
+    assert (s[:, -1] > 0).all()
+    half = sample_sigmas(4000, 5, per_frame=True, generator=g, prefix_prob=0.5, sync_prob=0.2)
+    prefixed = (half[:, 0] == 0).float().mean()
+    assert 0.33 < prefixed < 0.47  # half of the 80% that are not synced
+
+
 def test_flow_loss_ignores_clean_frames() -> None:
     target = torch.zeros(1, 2, 3, 2, 2)
     prediction = target.clone()
@@ -213,6 +226,37 @@ def test_vae_loss_adds_the_lone_gap_and_decodes_swapped_chunks() -> None:
     assert not torch.isclose(loss(0.0, 1.0), loss(0.0, 0.0))
 
 
+@torch.no_grad()
+def test_vae_loss_weighs_the_first_frame() -> None:
+    vae = tiny_vae(0, **{**SMALL_VAE, "base_dim": 8}).eval()
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    weight = 1 + torch.rand_like(x[:, :1])
+
+    def loss(first_frame_weight: float) -> torch.Tensor:
+        config = VaeConfig(out=Path("unused"), kl_weight=0.0, first_frame_weight=first_frame_weight)
+        return vae_loss(vae, x, weight, config, np.random.default_rng(0))
+
+    error = vae.decode(vae.encode(x).latent_dist.mode()).sample - x
+    per_position = weight * (error.abs() + error.pow(2))
+    first = per_position[:, :, 0].sum() / per_position.numel()
+    torch.testing.assert_close(loss(4.0) - loss(1.0), 3 * first, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_only_training_keeps_the_encoder() -> None:
+    vae = tiny_vae(0, **{**SMALL_VAE, "base_dim": 8})
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    config = VaeConfig(out=Path("unused"), steps=2, batch=1, frames=5, crop=32, clip_frames=5, clip_size=32,
+                       decoder_only=True, swap_prob=1.0, first_frame_weight=4.0, log_every=1)
+    tuned, losses = train.train_vae(config, Accelerator(), vae)
+    after = tuned.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert len(losses) == 2 and changed
+    assert all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert any(k.startswith("decoder.") for k in changed)
+    with pytest.raises(ValueError, match="decoder_only fine-tunes the decoder of a trained VAE"):
+        train.train_vae(config, Accelerator())
+
+
 # ---- LoRA layout ---------------------------------------------------------------------------
 
 
@@ -241,8 +285,9 @@ def test_make_tiny_writes_the_model_folder(tiny_dir) -> None:
     assert {"width", "height", "num_frames", "fps", "steps", "cfg", "lora_alpha", "noise_multiplier",
             "max_sequence_length", "example_prompts"} <= set(defaults)
     record = json.loads((tiny_dir / "training_record.json").read_text())
-    assert set(record["stage_seconds"]) == {"vae", "vae_keyframe", "encode", "base", "lora"}
-    assert record["final_loss"]["vae_keyframe"] is not None
+    assert list(record["stage_seconds"]) == ["vae", "vae_keyframe", "vae_decoder", "encode", "base", "lora"]
+    assert all(record["final_loss"][k] is not None for k in ("vae", "vae_keyframe", "vae_decoder", "base", "lora"))
+    assert record["reused_stages"] == []
 
 
 def test_shipped_small_model_matches_the_full_recipe_and_the_limits() -> None:
@@ -252,7 +297,7 @@ def test_shipped_small_model_matches_the_full_recipe_and_the_limits() -> None:
     record = json.loads((SHIPPED_TINY_DIR / "training_record.json").read_text())
     full = {k: v for k, v in make_tiny.FULL.__dict__.items() if k != "defaults"}
     assert record["recipe"] == json.loads(json.dumps(full))
-    assert set(record["stage_seconds"]) == {"vae", "vae_keyframe", "encode", "base", "lora"}
+    assert list(record["stage_seconds"]) == ["vae", "vae_keyframe", "vae_decoder", "encode", "base", "lora"]
     assert record["total_seconds"] == pytest.approx(sum(record["stage_seconds"].values()), abs=0.5)
     assert record["total_seconds"] < 90 * 60
     assert json.loads((SHIPPED_TINY_DIR / "defaults.json").read_text()) == \
@@ -260,31 +305,62 @@ def test_shipped_small_model_matches_the_full_recipe_and_the_limits() -> None:
     assert sum(f.stat().st_size for f in SHIPPED_TINY_DIR.rglob("*") if f.is_file()) <= 30_000_000
 
 
-def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
+def _vae_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def _without_stage(tiny_dir: Path, folder: Path, stage: str) -> Path:
+    """A copy of ``tiny_dir``'s VAE whose record says the build stopped before ``stage``."""
+    shutil.copytree(tiny_dir / "vae", folder / "vae")
+    earlier = json.loads((tiny_dir / "training_record.json").read_text())
+    names = list(earlier["stage_seconds"])
+    for name in names[names.index(stage) : names.index("encode")]:
+        del earlier["stage_seconds"][name]
+    (folder / "training_record.json").write_text(json.dumps(earlier))
+    return folder
+
+
+def _latents_std(folder: Path) -> list[float]:
+    return json.loads((folder / "vae" / "config.json").read_text())["latents_std"]
+
+
+def test_make_tiny_can_reuse_an_earlier_vae(tiny_dir, tmp_path) -> None:
     out = tmp_path / "again"
     make_tiny.main(["--out", str(out), "--fast", "--threads", "1", "--vae-from", str(tiny_dir)])
-    first, second = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (tiny_dir, out))
+    first, second = _vae_weights(tiny_dir), _vae_weights(out)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    assert json.loads((out / "vae" / "config.json").read_text())["latents_std"] == \
-        json.loads((tiny_dir / "vae" / "config.json").read_text())["latents_std"]
-    record = json.loads((out / "training_record.json").read_text())
-    assert record["vae_from"] == str(tiny_dir) and record["final_loss"]["vae"] is None
-    assert "vae_keyframe" not in record["stage_seconds"]
-    # An earlier VAE without the keyframe phase gets it (and new latent statistics).
-    plain = tmp_path / "plain"
-    shutil.copytree(tiny_dir / "vae", plain / "vae")
+    assert _latents_std(out) == _latents_std(tiny_dir)
     earlier = json.loads((tiny_dir / "training_record.json").read_text())
-    del earlier["stage_seconds"]["vae_keyframe"]
-    (plain / "training_record.json").write_text(json.dumps(earlier))
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["vae_from"] == str(tiny_dir)
+    assert record["reused_stages"] == ["vae", "vae_keyframe", "vae_decoder"]
+    # Reused stages carry the earlier build's seconds and losses: the total is the whole recipe's.
+    for name in record["reused_stages"]:
+        assert record["stage_seconds"][name] == earlier["stage_seconds"][name]
+        assert record["final_loss"][name] == earlier["final_loss"][name]
+    assert record["total_seconds"] == pytest.approx(sum(record["stage_seconds"].values()), abs=0.5)
+
+    # An earlier VAE without the keyframe phase gets it, the decoder phase after it, and new statistics.
     tuned = tmp_path / "tuned"
-    make_tiny.main(["--out", str(tuned), "--fast", "--threads", "1", "--vae-from", str(plain)])
-    assert "vae_keyframe" in json.loads((tuned / "training_record.json").read_text())["stage_seconds"]
-    third = load_file(tuned / "vae" / "diffusion_pytorch_model.safetensors")
-    assert not all(torch.equal(first[k], third[k]) for k in first)
-    assert json.loads((tuned / "vae" / "config.json").read_text())["latents_std"] != \
-        json.loads((tiny_dir / "vae" / "config.json").read_text())["latents_std"]
+    make_tiny.main(["--out", str(tuned), "--fast", "--threads", "1",
+                    "--vae-from", str(_without_stage(tiny_dir, tmp_path / "plain", "vae_keyframe"))])
+    assert json.loads((tuned / "training_record.json").read_text())["reused_stages"] == ["vae"]
+    third = _vae_weights(tuned)
+    assert not all(torch.equal(first[k], third[k]) for k in first if k.startswith("encoder."))
+    assert _latents_std(tuned) != _latents_std(tiny_dir)
+
+    # Without the decoder phase only the decoder changes: the latent space (and its statistics) is kept.
+    decoded = tmp_path / "decoded"
+    make_tiny.main(["--out", str(decoded), "--fast", "--threads", "1",
+                    "--vae-from", str(_without_stage(tiny_dir, tmp_path / "nodecoder", "vae_decoder"))])
+    assert json.loads((decoded / "training_record.json").read_text())["reused_stages"] == ["vae", "vae_keyframe"]
+    fourth = _vae_weights(decoded)
+    changed = {k for k in first if not torch.equal(first[k], fourth[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert _latents_std(decoded) == pytest.approx(_latents_std(tiny_dir), rel=1e-5)
+
     with pytest.raises(FileNotFoundError, match="--vae-from .* must be a make_tiny output folder"):
         make_tiny.main(["--out", str(tmp_path / "x"), "--fast", "--vae-from", str(tmp_path / "missing")])
 
@@ -301,6 +377,14 @@ def test_train_cli_runs_every_stage_at_toy_size(tiny_dir, tmp_path) -> None:
     before, after = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (tiny_dir, tmp_path / "k"))
     assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
     assert json.loads((tmp_path / "k" / "vae_record.json").read_text())["args"]["swap_prob"] == 1
+    # Only the decoder, on whole frames: the encoder is the model folder's.
+    train.main(["vae", "--init", str(tiny_dir), "--out", str(tmp_path / "d"), "--steps", "1", "--batch", "1",
+                "--stats-clips", "1", "--decoder-only", "--crop", "32", "--first-frame-weight", "4"])
+    decoded = load_file(tmp_path / "d" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], decoded[k]) for k in before if k.startswith("encoder."))
+    assert not all(torch.equal(before[k], decoded[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(SystemExit, match="--decoder-only needs --init"):
+        train.main(["vae", "--out", str(tmp_path / "n"), "--steps", "1", "--decoder-only"])
     with pytest.raises(SystemExit, match="--init .*: no VAE there"):
         train.main(["vae", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "n"), "--steps", "1"])
     train.main(["encode", "--model-dir", str(tiny_dir), "--clips", "3", "--out", str(cache)])

@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from ..latents import decode_latents, encode_pixels
 from ..lora import load_lora, set_lora_alpha
 from ..sampling import sample
-from ..schedule import frame_multipliers
+from ..schedule import DEFAULT_SHIFT, frame_multipliers
 from ..text import encode_prompts
 from ..transformer import PusaTransformer3DModel
 from .data import DIRECTIONS, Clip, make_clip
@@ -76,6 +76,7 @@ class Settings:
     cfg: float
     alpha: float
     multiplier: float
+    shift: float = DEFAULT_SHIFT
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -120,7 +121,8 @@ class Evaluator:
         shape = (1, self.model.vae.config.z_dim, latent_frames, self.height // 8, self.width // 8)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         multipliers = frame_multipliers(latent_frames, {i: s.multiplier for i in cond})
-        result = sample(self.model.transformer, noise, cond, multipliers, self._embed(caption), self.negative, s.steps, s.cfg)
+        result = sample(self.model.transformer, noise, cond, multipliers, self._embed(caption), self.negative, s.steps, s.cfg,
+                        shift=s.shift)
         return to_uint8(decode_latents(self.model.vae, result.latents)), result.latents
 
     def image_latent(self, frame: torch.Tensor) -> torch.Tensor:
@@ -387,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cfg", type=float, default=None)
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha")
     parser.add_argument("--noise-multiplier", type=float, default=None)
+    parser.add_argument("--shift", type=float, default=None, help="the sampler's sigma shift")
     parser.add_argument("--strips", type=Path, default=None, help="folder for the frame-strip PNGs")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the README's tables here")
@@ -400,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg=args.cfg if args.cfg is not None else d["cfg"],
         alpha=args.alpha if args.alpha is not None else d["lora_alpha"],
         multiplier=args.noise_multiplier if args.noise_multiplier is not None else d["noise_multiplier"],
+        shift=args.shift if args.shift is not None else d.get("shift", DEFAULT_SHIFT),
     )
     with torch.inference_mode():
         metrics = evaluate(model, settings, args.clips, args.strips)

@@ -27,13 +27,16 @@ def sample_sigmas(
     shift: float = 1.0,
     clean_prob: float = 0.0,
     sync_prob: float = 0.0,
+    prefix_prob: float = 0.0,
 ) -> torch.Tensor:
     """Sigmas ``[batch, frames]``.
 
     ``per_frame=False`` repeats one sigma per sample over its frames (plain flow matching);
-    ``per_frame=True`` draws every frame independently (FAFM). Two optional FAFM mixes, both off by
-    default: ``sync_prob`` gives a sample one shared sigma (keeps plain text-to-video in the data) and
-    ``clean_prob`` sets single frames exactly to 0 (the clean conditioning frames the sampler uses).
+    ``per_frame=True`` draws every frame independently (FAFM). Three optional FAFM mixes, all off by
+    default: ``sync_prob`` gives a sample one shared sigma (keeps plain text-to-video in the data),
+    ``clean_prob`` sets single frames exactly to 0 (the clean conditioning frames the sampler uses) and
+    ``prefix_prob`` sets the first 1 to ``frames - 1`` frames of a sample to 0 (image-to-video and
+    extension: the frames after a clean prefix are the rarest case of independent draws).
     """
     if per_frame:
         u = torch.rand(batch, frames, generator=generator)
@@ -41,8 +44,12 @@ def sample_sigmas(
         sync = torch.rand(batch, 1, generator=generator) < sync_prob
         u = torch.where(sync, shared, u)
         clean = (torch.rand(batch, frames, generator=generator) < clean_prob) & ~sync
-        # Keep at least one frame to learn from in every sample.
-        clean[clean.all(dim=1)] = False
+        if prefix_prob and frames > 1:
+            length = torch.randint(1, frames, (batch, 1), generator=generator)
+            prefixed = (torch.rand(batch, 1, generator=generator) < prefix_prob) & ~sync
+            clean |= prefixed & (torch.arange(frames) < length)
+        # Keep at least one frame to learn from in every sample (the last is never in a prefix).
+        clean[clean.all(dim=1), -1] = False
         sigmas = shift_sigmas(u, shift)
         return sigmas.masked_fill(clean, 0.0)
     u = torch.rand(batch, 1, generator=generator).expand(batch, frames)

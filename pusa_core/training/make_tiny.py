@@ -4,7 +4,7 @@
     python -m pusa_core.training.make_tiny --out /tmp/pusa-tiny --fast      # a seconds-long smoke run
 
 Stages: a small AutoencoderKLWan on procedural clips, then a keyframe phase that fine-tunes it so a
-frame encoded alone decodes at a later latent position; a frozen random UMT5 with a word tokenizer over
+frame encoded alone decodes at a later latent position, then a decoder phase on whole frames; a frozen random UMT5 with a word tokenizer over
 the caption vocabulary; a base Wan transformer trained with scalar timesteps (plain flow matching,
 the stand-in for Wan2.1-T2V); and the Pusa LoRA on it, trained with frame-aware flow matching.
 """
@@ -61,6 +61,12 @@ class Recipe:
     vae_keyframe_lr: float = 1e-3
     vae_lone_weight: float = 0.0
     vae_swap_prob: float = 0.0
+    # The decoder phase: fine-tunes the decoder alone on whole frames (the phases before see crops,
+    # which leaves frame 0 and the mid-block attention off at full size); the latent space is kept.
+    vae_decoder_steps: int = 0
+    vae_decoder_lr: float = 5e-4
+    vae_decoder_batch: int = 8
+    vae_first_frame_weight: float = 1.0
     size: int = SIZE
     frames: int = FRAMES
     max_sequence_length: int = 16
@@ -91,14 +97,16 @@ FULL = Recipe(
     vae_keyframe_steps=300,
     vae_lone_weight=0.1,
     vae_swap_prob=0.5,
+    vae_decoder_steps=400,
+    vae_first_frame_weight=4.0,
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
-    clips=4000,
+    clips=6000,
     stats_clips=64,
-    base={"steps": 7000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
-    lora={"steps": 4500, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
-          "clean_prob": 0.2, "sync_prob": 0.1},
+    base={"steps": 9000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
+    lora={"steps": 7000, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
+          "clean_prob": 0.2, "sync_prob": 0.1, "prefix_prob": 0.25},
     defaults=APP_DEFAULTS,
 )
 # Same code path at toy size: for the tests, seconds on a CPU.
@@ -115,10 +123,14 @@ FAST = Recipe(
     vae_keyframe_steps=2,
     vae_lone_weight=0.5,
     vae_swap_prob=0.5,
+    vae_decoder_steps=2,
+    vae_decoder_batch=2,
+    vae_first_frame_weight=4.0,
     size=32,
     frames=5,
     base={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "log_every": 1},
-    lora={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "rank": 4, "clean_prob": 0.2, "sync_prob": 0.1, "log_every": 1},
+    lora={"steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1, "rank": 4, "clean_prob": 0.2, "sync_prob": 0.1,
+          "prefix_prob": 0.25, "log_every": 1},
     defaults={**APP_DEFAULTS, "width": 32, "height": 32, "num_frames": 5, "steps": 2},
 )
 
@@ -126,41 +138,53 @@ FAST = Recipe(
 def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path | None = None) -> dict[str, Any]:
     """Train every stage of ``recipe`` and write the model folder ``out``; return the training record.
 
-    ``vae_from`` (a folder holding ``vae/`` from an earlier build) skips the VAE stage, which is the
-    longest, so the transformer stages can be retrained alone; the keyframe phase still runs unless
-    that build had it too.
+    ``vae_from`` (a folder holding ``vae/`` from an earlier build) reuses the VAE phases that build
+    ran (the first is the longest stage), so the transformer stages can be retrained alone; the phases
+    it lacks run on its VAE.
     """
     accelerator = Accelerator()
     stages: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
 
-    t0 = time.perf_counter()
     tokenizer = build_word_tokenizer(vocabulary())
     text_encoder = tiny_text_encoder(len(tokenizer), seed=seed, **recipe.text_overrides)
-    common = dict(out=work, batch=recipe.vae_batch, frames=recipe.vae_frames, crop=recipe.vae_crop,
-                  clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides)
+    common = dict(out=work, clip_frames=recipe.frames, clip_size=recipe.size, vae_overrides=recipe.vae_overrides)
+    cropped = dict(batch=recipe.vae_batch, frames=recipe.vae_frames, crop=recipe.vae_crop)
+    phases = {
+        "vae": VaeConfig(steps=recipe.vae_steps, lr=recipe.vae_lr, seed=seed, **cropped, **common),
+        "vae_keyframe": VaeConfig(steps=recipe.vae_keyframe_steps, lr=recipe.vae_keyframe_lr,
+                                  lone_weight=recipe.vae_lone_weight, swap_prob=recipe.vae_swap_prob, seed=seed + 1,
+                                  **cropped, **common),
+        # Whole frames: the VAE's mid-block attention sees the full frame only here.
+        "vae_decoder": VaeConfig(steps=recipe.vae_decoder_steps, lr=recipe.vae_decoder_lr, batch=recipe.vae_decoder_batch,
+                                 frames=recipe.frames, crop=recipe.size, swap_prob=recipe.vae_swap_prob, decoder_only=True,
+                                 first_frame_weight=recipe.vae_first_frame_weight, seed=seed + 2, **common),
+    }
+    phases = {name: config for name, config in phases.items() if config.steps > 0}
     earlier = _earlier_record(vae_from) if vae_from is not None else None
-    if earlier is None:
-        vae, vae_losses = train_vae(VaeConfig(steps=recipe.vae_steps, lr=recipe.vae_lr, seed=seed,
-                                              log_every=max(1, min(25, recipe.vae_steps)), **common), accelerator)
-    else:
-        vae, vae_losses = AutoencoderKLWan.from_pretrained(vae_from / "vae"), []
-    keyframe_losses: list[float] = []
-    keyframe = bool(recipe.vae_keyframe_steps) and (earlier is None or "vae_keyframe" not in earlier["stage_seconds"])
-    if keyframe:
-        stages["vae"] = time.perf_counter() - t0
+    reused: list[str] = []
+    if earlier is not None:
+        # The leading phases the earlier build ran are reused; every phase from the first one it lacks runs.
+        for name in phases:
+            if name not in earlier["stage_seconds"]:
+                break
+            reused.append(name)
+    vae = AutoencoderKLWan.from_pretrained(vae_from / "vae") if earlier is not None else None
+    losses: dict[str, list[float]] = {}
+    for name, config in phases.items():
+        if name in reused:
+            continue
         t0 = time.perf_counter()
-        vae, keyframe_losses = train_vae(
-            VaeConfig(steps=recipe.vae_keyframe_steps, lr=recipe.vae_keyframe_lr, lone_weight=recipe.vae_lone_weight,
-                      swap_prob=recipe.vae_swap_prob, seed=seed + 1, log_every=max(1, min(25, recipe.vae_keyframe_steps)),
-                      **common),
-            accelerator, vae)
+        config.log_every = max(1, min(25, config.steps))
+        vae, losses[name] = train_vae(config, accelerator, vae)
+        stages[name] = time.perf_counter() - t0
     vae.eval()
-    if earlier is None or keyframe:
+    if len(reused) < len(phases):
+        t0 = time.perf_counter()
         # Statistics come from clips outside both the training and the held-out seeds.
         stats_seeds = list(range(HELD_OUT_SEED // 2, HELD_OUT_SEED // 2 + recipe.stats_clips))
         set_latent_stats(vae, stats_seeds, frames=recipe.frames, size=recipe.size)
-    stages["vae_keyframe" if keyframe else "vae"] = time.perf_counter() - t0
+        stages[list(stages)[-1]] += time.perf_counter() - t0
     vae.save_pretrained(out / "vae", safe_serialization=True)
 
     t0 = time.perf_counter()
@@ -186,12 +210,16 @@ def build(out: Path, recipe: Recipe, work: Path, seed: int = 0, vae_from: Path |
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
     write_json(out / "defaults.json", {**recipe.defaults, "max_sequence_length": recipe.max_sequence_length})
+    seconds = {**{k: earlier["stage_seconds"][k] for k in reused}, **{k: round(v, 1) for k, v in stages.items()}}
+    final_loss = {k: _tail(v) for k, v in losses.items()} | {"base": _tail(base_losses), "lora": _tail(lora_losses)}
     record = {
-        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
-        "total_seconds": round(sum(stages.values()), 1),
+        # Reused stages carry the earlier build's seconds and losses, so the total is that of the whole recipe.
+        "stage_seconds": {k: seconds[k] for k in [*phases, "encode", "base", "lora"]},
+        "total_seconds": round(sum(seconds.values()), 1),
         "torch_threads": torch.get_num_threads(),
-        "final_loss": {"vae": _tail(vae_losses), "vae_keyframe": _tail(keyframe_losses), "base": _tail(base_losses), "lora": _tail(lora_losses)},
+        "final_loss": {k: (earlier["final_loss"].get(k) if k in reused else final_loss[k]) for k in [*phases, "base", "lora"]},
         "vae_from": str(vae_from) if vae_from is not None else None,
+        "reused_stages": reused,
         "clips": recipe.clips,
         "held_out_seed": HELD_OUT_SEED,
         "recipe": {k: v for k, v in recipe.__dict__.items() if k != "defaults"},

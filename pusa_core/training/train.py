@@ -62,6 +62,12 @@ class VaeConfig:
     # VAE that already reconstructs (``train_vae(..., vae=trained)``).
     lone_weight: float = 0.0
     swap_prob: float = 0.0
+    # Train only post_quant_conv and the decoder: the encoder, so the latent space and any transformer
+    # trained on it, stays as it is.
+    decoder_only: bool = False
+    # Frame 0 is decoded from its own latent (the causal first chunk) and is the I2V input image, but
+    # it is one frame in 17 of the loss: weigh it this many times a later frame.
+    first_frame_weight: float = 1.0
     clip_grad: float = 5.0
     clip_frames: int = FRAMES
     clip_size: int = SIZE
@@ -84,6 +90,7 @@ class TransformerConfig:
     per_frame: bool = False  # False: plain flow matching (the base); True: FAFM (the Pusa LoRA)
     clean_prob: float = 0.0
     sync_prob: float = 0.0
+    prefix_prob: float = 0.0
     caption_dropout: float = 0.1
     # Uses the cache's per-position weights when it has them: 1 + object_weight where the object is.
     # Unweighted, the background's share of the loss dominates and the object fades as frames go on.
@@ -161,6 +168,10 @@ def vae_loss(
             padded = torch.cat([latents[:, :, :1], lone], dim=2)
             latents = torch.where(pick.to(latents.device), padded, latents)
     error = vae.decode(latents).sample.float() - x
+    if config.first_frame_weight != 1.0:
+        per_frame = torch.ones(x.shape[2], device=x.device)
+        per_frame[0] = config.first_frame_weight
+        weight = weight * per_frame.view(1, 1, -1, 1, 1)
     # L2 pulls colours in fast from a gray start; L1 keeps edges sharp.
     return loss + (weight * (error.abs() + error.pow(2))).mean()
 
@@ -175,9 +186,16 @@ def train_vae(
     if accelerator.num_processes > 1:
         # The small demo VAE needs no more than one device; the 14B recipe uses Wan's own VAE.
         raise ValueError("the vae stage runs in one process: start it with plain python, not a multi-GPU launch")
+    if config.decoder_only and vae is None:
+        raise ValueError("decoder_only fine-tunes the decoder of a trained VAE: pass one (train.py vae --init FOLDER)")
     set_seed(config.seed)
     vae = (tiny_vae(config.seed, **config.vae_overrides) if vae is None else vae).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr)
+    if config.decoder_only:
+        vae.requires_grad_(False)
+        vae.post_quant_conv.requires_grad_(True)
+        vae.decoder.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(50, config.steps // 10), num_training_steps=config.steps)
     vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
     rng = np.random.default_rng(config.seed + accelerator.process_index)
@@ -193,7 +211,7 @@ def train_vae(
         with accelerator.autocast():
             loss = vae_loss(vae, x, weight, config, rng)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), config.clip_grad)
+        accelerator.clip_grad_norm_(params, config.clip_grad)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -302,7 +320,8 @@ def train_transformer(
         x0, context, weights = next(batches)
         with accelerator.accumulate(transformer):
             b, _, f = x0.shape[:3]
-            sigmas = sample_sigmas(b, f, config.per_frame, generator, config.shift, config.clean_prob, config.sync_prob)
+            sigmas = sample_sigmas(b, f, config.per_frame, generator, config.shift, config.clean_prob,
+                                   config.sync_prob, config.prefix_prob)
             sigmas = sigmas.to(accelerator.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             drop = (torch.rand(b, generator=generator) < config.caption_dropout).to(accelerator.device)
@@ -371,6 +390,11 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--init", type=Path, default=None,
                      help="a trained VAE folder to fine-tune (e.g. with --lone-weight/--swap-prob) instead of a fresh one")
     vae.add_argument("--stats-clips", type=int, default=64, help="clips used for the latent mean/std")
+    vae.add_argument("--crop", type=int, default=VaeConfig.crop, help="square crop size (the clip size: whole frames)")
+    vae.add_argument("--decoder-only", action="store_true",
+                     help="train only the decoder of --init: keeps the latent space (and a transformer trained on it)")
+    vae.add_argument("--first-frame-weight", type=float, default=VaeConfig.first_frame_weight,
+                     help="loss weight of frame 0 (the I2V image) relative to a later frame")
 
     enc = stages.add_parser("encode", help="procedural clips -> latent cache for the transformer stages")
     enc.add_argument("--model-dir", type=Path, required=True, help="folder with vae/, text_encoder/, tokenizer/")
@@ -400,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--rank", type=int, default=512)
             p.add_argument("--clean-prob", type=float, default=0.0)
             p.add_argument("--sync-prob", type=float, default=0.0)
+            p.add_argument("--prefix-prob", type=float, default=0.0,
+                           help="share of samples whose first 1..F-1 latent frames are clean (I2V and extension)")
 
     for p in stages.choices.values():
         p.add_argument("--out", type=Path, required=True)
@@ -415,8 +441,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage == "vae":
         config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                            object_weight=args.object_weight, lone_weight=args.lone_weight, swap_prob=args.swap_prob,
+                           crop=args.crop, decoder_only=args.decoder_only, first_frame_weight=args.first_frame_weight,
                            vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
         init = None
+        if args.decoder_only and args.init is None:
+            raise SystemExit("--decoder-only needs --init: a trained VAE whose decoder to fine-tune")
         if args.init is not None:
             folder = args.init / "vae" if (args.init / "vae" / "config.json").is_file() else args.init
             if not (folder / "config.json").is_file():
