@@ -102,11 +102,11 @@ FULL = Recipe(
     text_overrides={"dim": 64, "dim_attn": 64, "dim_ffn": 128, "num_heads": 4, "num_layers": 2},
     transformer_overrides={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                            "text_dim": 64, "freq_dim": 64},
-    clips=6000,
+    clips=8000,
     stats_clips=64,
-    base={"steps": 9000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
-    lora={"steps": 7000, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
-          "clean_prob": 0.2, "sync_prob": 0.1, "prefix_prob": 0.25},
+    base={"steps": 11000, "batch": 16, "lr": 8e-4, "warmup": 100, "shift": 2.0, "object_weight": 4.0},
+    lora={"steps": 10000, "batch": 16, "lr": 1e-3, "warmup": 100, "shift": 2.0, "rank": 32, "object_weight": 4.0,
+          "clean_prob": 0.2, "sync_prob": 0.1, "prefix_prob": 0.4},
     defaults=APP_DEFAULTS,
 )
 # Same code path at toy size: for the tests, seconds on a CPU.
