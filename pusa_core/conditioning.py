@@ -1,7 +1,6 @@
-"""Requests -> a latent conditioning plan, plus the frame <-> latent-slot arithmetic and validation.
+"""Requests -> a latent conditioning plan, and their validation against :mod:`pusa_core.facts`.
 
-Wan's VAE compresses time 4x causally: latent 0 is pixel frame 0 alone, latent k >= 1 covers pixel
-frames 4k-3..4k. Conditioning positions are latent indices.
+Conditioning positions are latent indices (see :mod:`pusa_core.facts` for the frame arithmetic).
 """
 
 from __future__ import annotations
@@ -12,70 +11,41 @@ from dataclasses import dataclass
 
 import torch
 
+from . import facts
 from .errors import PusaInputError
+from .facts import SIZE_MULTIPLE, TEMPORAL_COMPRESSION, latent_frame_count
 from .schedule import frame_multipliers
 from .requests import ImageToVideo, MultiFrames, Request, Settings, TextToVideo, VideoToVideo
 
-TEMPORAL_COMPRESSION = 4
-SIZE_MULTIPLE = 16  # VAE 8x times the transformer's 2x2 patch
-MAX_SIDE = 1920
-MAX_FRAMES = 201
-MAX_STEPS = 100
-MAX_SEED = 2**32 - 1
+POSITIONS_EXAMPLE = "0,20"
+MULTIPLIERS_EXAMPLE = "0.2,0.5"
 
 
-def latent_frame_count(num_frames: int) -> int:
-    return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
-
-
-def latent_to_pixel_frames(index: int) -> tuple[int, int]:
-    """First and last pixel frame (inclusive) that latent slot ``index`` stands for."""
-    if index == 0:
-        return 0, 0
-    return TEMPORAL_COMPRESSION * index - 3, TEMPORAL_COMPRESSION * index
-
-
-def pixel_frame_to_latent(frame: int) -> int:
-    """The latent slot that holds pixel frame ``frame``."""
-    return 0 if frame == 0 else (frame + TEMPORAL_COMPRESSION - 1) // TEMPORAL_COMPRESSION
-
-
-def latent_to_seconds(index: int, fps: float) -> tuple[float, float]:
-    """Start and end time (seconds) of the pixel frames behind latent slot ``index``."""
-    first, last = latent_to_pixel_frames(index)
-    return first / fps, (last + 1) / fps
-
-
-def seconds_to_latent(seconds: float, fps: float) -> int:
-    return pixel_frame_to_latent(int(round(seconds * fps)))
-
-
-def frames_needed(positions: Sequence[int]) -> int:
-    """Pixel frames a video must have to supply latent slots ``positions``."""
-    return TEMPORAL_COMPRESSION * max(positions) + 1
-
-
-def _split(text: str | Sequence, field: str) -> list:
+def _split(text: object, field: str, example: str) -> list:
+    """A comma-separated string or a list -> its items; anything else is an error naming ``field``."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise PusaInputError(field, f"is empty; give a comma-separated list, e.g. {example}")
     if isinstance(text, str):
         parts = [p.strip() for p in text.replace(";", ",").split(",")]
-        if not text.strip():
-            raise PusaInputError(field, "is empty; give a comma-separated list, e.g. 0,20")
         if any(p == "" for p in parts):
-            raise PusaInputError(field, f"{text!r} has an empty item; write a comma-separated list like 0,20")
+            raise PusaInputError(field, f"{text!r} has an empty item; write a comma-separated list like {example}")
         return parts
-    return list(text)
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    raise PusaInputError(field, f"must be a comma-separated list like {example}, got {type(text).__name__}")
 
 
 def parse_positions(text: str | Sequence[int], field: str = "positions") -> tuple[int, ...]:
     """``"0, 20"`` -> ``(0, 20)``; anything that is not a whole number is an error naming ``field``."""
     out = []
-    for item in _split(text, field):
+    for item in _split(text, field, POSITIONS_EXAMPLE):
+        problem = f"{item!r} is not a whole number; positions are latent frame indices like {POSITIONS_EXAMPLE}"
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise PusaInputError(field, f"{item!r} is not a whole number; positions are latent frame indices like 0,20") from None
-        if not value.is_integer():
-            raise PusaInputError(field, f"{item!r} is not a whole number; positions are latent frame indices like 0,20")
+            raise PusaInputError(field, problem) from None
+        if isinstance(item, bool) or not math.isfinite(value) or not value.is_integer():
+            raise PusaInputError(field, problem)
         out.append(int(value))
     return tuple(out)
 
@@ -83,43 +53,72 @@ def parse_positions(text: str | Sequence[int], field: str = "positions") -> tupl
 def parse_multipliers(text: str | Sequence[float], field: str = "multipliers") -> tuple[float, ...]:
     """``"0.2,0.5"`` -> ``(0.2, 0.5)``; each must be a number in [0, 1]."""
     out = []
-    for item in _split(text, field):
+    limit = facts.NOISE_MULTIPLIER
+    for item in _split(text, field, MULTIPLIERS_EXAMPLE):
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise PusaInputError(field, f"{item!r} is not a number; use values from 0 to 1 like 0.2,0.5") from None
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise PusaInputError(field, f"{item!r} is outside [0, 1]; 0 keeps the frame exactly, 1 ignores it")
+            raise PusaInputError(
+                field, f"{item!r} is not a number; use values from {limit.low:g} to {limit.high:g} like {MULTIPLIERS_EXAMPLE}"
+            ) from None
+        if isinstance(item, bool) or not math.isfinite(value) or not limit.low <= value <= limit.high:
+            raise PusaInputError(
+                field, f"{item!r} is outside [{limit.low:g}, {limit.high:g}]; 0 keeps the frame exactly, 1 ignores it"
+            )
         out.append(value)
     return tuple(out)
+
+
+def _check(limit: facts.Limit, value: object, field: str | None = None, hint: str = "") -> None:
+    problem = limit.check(value)
+    if problem:
+        raise PusaInputError(field or limit.field, problem + hint)
 
 
 def validate_settings(settings: Settings, require_prompt: bool = False) -> None:
     """Raise :class:`PusaInputError` for the first settings field that cannot run."""
     s = settings
+    for name, text in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
+        if not isinstance(text, str):
+            raise PusaInputError(name, f"must be text, got {type(text).__name__}")
+        if len(text) > facts.MAX_PROMPT_CHARS:
+            raise PusaInputError(
+                name,
+                f"has {len(text):,} characters; the limit is {facts.MAX_PROMPT_CHARS:,} (the text encoder reads at most "
+                f"{facts.TEXT_TOKENS} tokens, about 2,000 characters); shorten it",
+            )
     if require_prompt and not s.prompt.strip():
         raise PusaInputError("prompt", "is empty; describe the video you want (text-to-video has nothing else to go on)")
-    if not isinstance(s.steps, int) or not 1 <= s.steps <= MAX_STEPS:
-        raise PusaInputError("steps", f"must be a whole number from 1 to {MAX_STEPS}, got {s.steps!r}; 10 is the Pusa default")
-    for name, value, low, high in (("cfg", s.cfg, 1.0, 30.0), ("lora_alpha", s.lora_alpha, 0.0, 5.0), ("shift", s.shift, 0.1, 20.0)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-            raise PusaInputError(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
+    _check(facts.STEPS, s.steps, hint=f"; {facts.DEFAULT_STEPS} is Pusa's default")
+    _check(facts.CFG, s.cfg, hint="; 1 turns guidance off")
+    _check(facts.LORA_ALPHA, s.lora_alpha, hint=f"; {facts.DEFAULT_ALPHA:g} is Pusa's default")
+    _check(facts.SHIFT, s.shift)
+    side = facts.SIDE
     for name, value in (("width", s.width), ("height", s.height)):
-        if not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE or value > MAX_SIDE:
-            fix = max(SIZE_MULTIPLE, min(MAX_SIDE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)) if isinstance(value, (int, float)) else 832
+        if side.check(value) or value % SIZE_MULTIPLE:
+            fix = (
+                int(max(side.low, min(side.high, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)))
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                else facts.DEFAULT_WIDTH
+            )
             raise PusaInputError(
-                name, f"must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIDE}, got {value!r}; try {fix}"
+                name, f"must be a multiple of {SIZE_MULTIPLE} between {side.low:g} and {side.high:g}, got {value!r}; try {fix}"
             )
     n = s.num_frames
-    if not isinstance(n, int) or n < 1 or (n - 1) % TEMPORAL_COMPRESSION or n > MAX_FRAMES:
-        fix = min(MAX_FRAMES, max(1, round((n - 1) / 4) * 4 + 1)) if isinstance(n, (int, float)) else 81
-        raise PusaInputError("num_frames", f"must be 4k+1 (1, 5, ..., 81, ...) up to {MAX_FRAMES}, got {n!r}; try {fix}")
-    if not isinstance(s.fps, (int, float)) or not 1 <= s.fps <= 120:
-        raise PusaInputError("fps", f"must be from 1 to 120, got {s.fps!r}; Wan's native rate is 16")
+    if facts.FRAMES.check(n) or (n - 1) % TEMPORAL_COMPRESSION:
+        fix = (
+            facts.nearest_frame_count(n)
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n)
+            else facts.DEFAULT_FRAMES
+        )
+        raise PusaInputError(
+            "num_frames", f"must be 4k+1 (1, 5, ..., 81, ...) up to {facts.FRAMES.high:g}, got {n!r}; try {fix}"
+        )
+    _check(facts.FPS, s.fps, hint=f"; Wan's native rate is {facts.DEFAULT_FPS}")
     if s.fit not in ("crop", "pad"):
         raise PusaInputError("fit", f"must be 'crop' or 'pad', got {s.fit!r}")
-    if s.seed is not None and (not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED):
-        raise PusaInputError("seed", f"must be a whole number from 0 to {MAX_SEED} (or empty for random), got {s.seed!r}")
+    if s.seed is not None:
+        _check(facts.SEED, s.seed, hint=" (or empty for random)")
 
 
 def validate_positions(

@@ -22,8 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .conditioning import Conditioning, frames_needed, plan_request
+from .conditioning import Conditioning, plan_request
 from .errors import EngineNotReady, PusaInputError
+from .facts import DEFAULT_NOISE_MULTIPLIER, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents, load_components, source_defaults
 from .lora import set_lora_alpha
@@ -183,7 +184,7 @@ class Engine:
         return self._defaults or Settings()
 
     def default_noise_multiplier(self) -> float:
-        return self._components.noise_multiplier if self._components is not None else 0.2
+        return self._components.noise_multiplier if self._components is not None else DEFAULT_NOISE_MULTIPLIER
 
     def memory_report(self, settings: Settings) -> str:
         """The memory plan for a job of this size under the current placement, in one paragraph."""

@@ -19,6 +19,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from .facts import DEFAULT_ALPHA, DEFAULT_NOISE_MULTIPLIER
 from .lora import ADAPTER_NAME, load_lora
 from .requests import Settings
 from .text import MAX_SEQUENCE_LENGTH
@@ -42,7 +43,7 @@ class PusaComponents:
     name: str
     is_small: bool
     defaults: Settings = field(default_factory=Settings)
-    noise_multiplier: float = 0.2
+    noise_multiplier: float = DEFAULT_NOISE_MULTIPLIER
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     has_lora: bool = False
 
@@ -151,7 +152,7 @@ def _tiny_defaults(folder: Path) -> tuple[Settings, dict[str, Any]]:
     return Settings(**{k: v for k, v in raw.items() if k in known}), raw
 
 
-def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, alpha: float = 1.4) -> PusaComponents:
+def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, alpha: float = DEFAULT_ALPHA) -> PusaComponents:
     """Load every component of ``source`` on the CPU (placement moves them afterwards) and attach the LoRA."""
     if source.kind == "original":
         transformer, vae, text_encoder, tokenizer = load_original_folder(source.base_dir, dtype)
@@ -173,7 +174,7 @@ def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, al
         name=source.name,
         is_small=source.is_small,
         defaults=defaults,
-        noise_multiplier=float(extra.get("noise_multiplier", 0.2)),
+        noise_multiplier=float(extra.get("noise_multiplier", DEFAULT_NOISE_MULTIPLIER)),
         max_sequence_length=int(extra.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
     )
     if source.lora_path is not None:

@@ -14,8 +14,9 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from safetensors.torch import load_file
 
+from .facts import DEFAULT_ALPHA
+
 ADAPTER_NAME = "pusa"
-DEFAULT_ALPHA = 1.4
 
 # One LoRA'd linear: "<module>.<lora_A|lora_B>[.<adapter>].weight" or kohya "<module>.<lora_down|lora_up>.weight".
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight$")

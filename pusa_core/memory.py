@@ -28,6 +28,7 @@ from diffusers import AutoencoderKLWan
 from peft import LoraConfig, inject_adapter_in_model
 
 from .errors import PusaInputError
+from .facts import PUSA_LORA_RANK
 from .transformer import PusaTransformer3DModel
 
 GIB = 1024**3
@@ -35,7 +36,6 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 WAN_14B_TRANSFORMER_CONFIG = CONFIG_DIR / "wan2.1_t2v_14b_transformer.json"
 WAN_VAE_CONFIG = CONFIG_DIR / "wan2.1_vae.json"
 
-PUSA_LORA_RANK = 512
 # Pusa's LoRA sits on q, k, v, o of self and cross attention and on both FFN linears of every
 # block (Wan names self_attn/cross_attn q,k,v,o and ffn.0/ffn.2; these are diffusers' names).
 LORA_TARGETS = r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|blocks\.\d+\.ffn\.net\.(0\.proj|2)"

@@ -9,6 +9,8 @@ from typing import Any, Literal, Union
 import numpy as np
 from PIL import Image
 
+from . import facts
+
 DEFAULT_NEGATIVE_PROMPT = (
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
     "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
@@ -27,24 +29,24 @@ class Settings:
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     seed: int | None = None
-    steps: int = 10
-    cfg: float = 5.0
-    lora_alpha: float = 1.4
-    width: int = 832
-    height: int = 480
-    num_frames: int = 81
-    fps: int = 16
+    steps: int = facts.DEFAULT_STEPS
+    cfg: float = facts.DEFAULT_CFG
+    lora_alpha: float = facts.DEFAULT_ALPHA
+    width: int = facts.DEFAULT_WIDTH
+    height: int = facts.DEFAULT_HEIGHT
+    num_frames: int = facts.DEFAULT_FRAMES
+    fps: int = facts.DEFAULT_FPS
     fit: Fit = "crop"
-    shift: float = 5.0
+    shift: float = facts.DEFAULT_SHIFT
 
 
 @dataclass(frozen=True)
 class ImageToVideo:
-    """The image becomes latent frame 0 with a small noise multiplier (0.2 in the published demo)."""
+    """The image becomes latent frame 0 with a small noise multiplier (Pusa's published default)."""
 
     settings: Settings
     image: ImageInput
-    noise_multiplier: float = 0.2
+    noise_multiplier: float = facts.DEFAULT_NOISE_MULTIPLIER
     task: str = field(default="i2v", init=False)
 
 

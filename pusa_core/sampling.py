@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import GenerationCancelled
-from .schedule import DEFAULT_SHIFT, frame_sigmas, frame_timesteps, noised_conditioning, shifted_sigmas
+from .facts import DEFAULT_SHIFT
+from .schedule import frame_sigmas, frame_timesteps, noised_conditioning, shifted_sigmas
 
 
 @dataclass(frozen=True)

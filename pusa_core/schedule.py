@@ -11,8 +11,9 @@ from collections.abc import Mapping
 
 import torch
 
+from .facts import DEFAULT_SHIFT
+
 NUM_TRAIN_TIMESTEPS = 1000
-DEFAULT_SHIFT = 5.0
 
 
 def shifted_sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:

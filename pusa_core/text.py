@@ -8,7 +8,7 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from transformers import PreTrainedTokenizerBase
 
-MAX_SEQUENCE_LENGTH = 512
+from .facts import TEXT_TOKENS as MAX_SEQUENCE_LENGTH
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .facts import DEFAULT_ALPHA
 from .loading import transformer_from_original_state_dict
 from .lora import load_lora, set_lora_alpha
 from .sampling import sample
@@ -61,7 +62,7 @@ def check_pusa_golden(path: str | Path) -> dict[str, float]:
         diffs["forward.out_base"] = (model(x, t, pos).sample - tensors["forward.out_base"]).abs().max().item()
         uniform = torch.full((x.shape[0],), 700.0)
         diffs["forward.out_uniform_700"] = (model(x, uniform, pos).sample - tensors["forward.out_uniform_700"]).abs().max().item()
-        load_lora(model, _prefixed(tensors, "lora."), alpha=1.4)
+        load_lora(model, _prefixed(tensors, "lora."), alpha=DEFAULT_ALPHA)
         lora_key = "forward.out_lora_1.4"
         diffs[lora_key] = (model(x, t, pos).sample - tensors[lora_key]).abs().max().item()
 

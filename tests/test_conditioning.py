@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pusa_core.conditioning import (
-    frame_multiplier_table,
-    frames_needed,
-    latent_frame_count,
-    latent_to_pixel_frames,
-    latent_to_seconds,
-    parse_multipliers,
-    parse_positions,
-    pixel_frame_to_latent,
-    plan_request,
-    seconds_to_latent,
-)
+from pusa_core.conditioning import frame_multiplier_table, parse_multipliers, parse_positions, plan_request
+from pusa_core.facts import frames_needed, latent_frame_count, latent_to_pixel_frames, latent_to_seconds, pixel_frame_to_latent
+from pusa_core import facts
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import ImageToVideo, MultiFrames, Settings, TextToVideo, VideoToVideo
 
@@ -29,7 +20,6 @@ def test_latent_frame_maps():
         first, last = latent_to_pixel_frames(pixel_frame_to_latent(frame))
         assert first <= frame <= last
     assert latent_to_seconds(20, 16) == (77 / 16, 81 / 16)
-    assert seconds_to_latent(5.0, 16) == 20
     assert frames_needed([0, 1, 2, 3]) == 13 and frames_needed([0, 20]) == 81
 
 
@@ -64,10 +54,19 @@ BAD = [
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), num_frames=18)), "num_frames", "must be 4k\\+1.*try 17"),
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), width=70)), "width", "multiple of 16.*try 64"),
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), height=0)), "height", "multiple of 16"),
-    (lambda: plan_request(mf((0, 4), (0.2, 0.5), steps=0)), "steps", "from 1 to 100"),
-    (lambda: plan_request(mf((0, 4), (0.2, 0.5), cfg=float("inf"))), "cfg", "from 1 to 30"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), steps=0)), "steps", f"from 1 to {facts.STEPS.high:g}"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), cfg=float("inf"))), "cfg", f"from 1 to {facts.CFG.high:g}"),
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), lora_alpha=9.0)), "lora_alpha", "from 0 to 5"),
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), fit="stretch")), "fit", "'crop' or 'pad'"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), steps=None)), "steps", "must be a whole number from 1"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), steps="10")), "steps", "must be a whole number from 1"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), cfg=float("nan"))), "cfg", "got nan"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), num_frames=None)), "num_frames", "try 81"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), width=float("nan"))), "width", "try 832"),
+    (lambda: plan_request(mf((0, 4), (0.2, 0.5), prompt="x" * 5000)), "prompt", "has 5,000 characters; the limit is 4,000"),
+    (lambda: parse_multipliers(""), "multipliers", "is empty; give a comma-separated list, e.g. 0.2,0.5"),
+    (lambda: parse_positions(None), "positions", "is empty; give a comma-separated list, e.g. 0,20"),
+    (lambda: parse_positions(3), "positions", "must be a comma-separated list like 0,20, got int"),
     (lambda: plan_request(mf((0, 4), (0.2, 0.5), seed=-1)), "seed", "from 0 to"),
     (lambda: plan_request(TextToVideo(Settings(**{**BASE.__dict__, "prompt": "  "}))), "prompt", "is empty"),
     (lambda: plan_request(ImageToVideo(BASE, image="")), "image", "is missing"),

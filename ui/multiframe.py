@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from pusa_core.conditioning import latent_frame_count, parse_multipliers, parse_positions
+from pusa_core.conditioning import parse_multipliers, parse_positions
+from pusa_core.facts import latent_frame_count
 from pusa_core.requests import MultiFrames, Settings
 from ui.common import (
     TabForm,

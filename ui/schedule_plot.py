@@ -11,14 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from pusa_core.conditioning import (
-    frame_multiplier_table,
-    latent_frame_count,
-    latent_to_pixel_frames,
-    latent_to_seconds,
-    parse_multipliers,
-    parse_positions,
-)
+from pusa_core.conditioning import frame_multiplier_table, parse_multipliers, parse_positions
+from pusa_core.facts import latent_frame_count, latent_to_pixel_frames, latent_to_seconds
 from pusa_core.errors import PusaInputError
 
 _BAR = 14  # px per latent frame in the SVG's own units; the SVG scales to the page width

@@ -7,7 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from pusa_core.conditioning import latent_frame_count, latent_to_pixel_frames, parse_multipliers, parse_positions
+from pusa_core.conditioning import parse_multipliers, parse_positions
+from pusa_core.facts import latent_frame_count, latent_to_pixel_frames
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import Settings, VideoToVideo
 from ui.common import (

@@ -32,7 +32,8 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from ..latents import decode_latents, encode_pixels
 from ..lora import load_lora, set_lora_alpha
 from ..sampling import sample
-from ..schedule import DEFAULT_SHIFT, frame_multipliers
+from ..facts import DEFAULT_SHIFT
+from ..schedule import frame_multipliers
 from ..text import encode_prompts
 from ..transformer import PusaTransformer3DModel
 from .data import DIRECTIONS, Clip, make_clip

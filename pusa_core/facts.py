@@ -1,0 +1,120 @@
+"""Wan2.1 / Pusa V1.0 facts, written once: defaults, value limits, frame arithmetic, LoRA targets.
+
+Torch-free on purpose: the engine, the UI's sliders, the ZeroGPU estimate, the memory planner and the
+training code all read these, and some of them must import without torch initialising.
+
+Wan's VAE compresses time 4x causally: latent 0 is pixel frame 0 alone, latent k >= 1 covers pixel
+frames 4k-3..4k. Conditioning positions are latent indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# -- Pusa's published defaults --------------------------------------------------------------------
+DEFAULT_ALPHA = 1.4  # LoRA multiplier on the trained delta, W + alpha * (B @ A)
+DEFAULT_NOISE_MULTIPLIER = 0.2  # a conditioning frame's sigma = multiplier x the step's sigma
+DEFAULT_STEPS = 10
+DEFAULT_CFG = 5.0
+DEFAULT_SHIFT = 5.0
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480
+DEFAULT_FRAMES = 81
+DEFAULT_FPS = 16
+PUSA_LORA_RANK = 512
+
+# -- Wan's geometry ---------------------------------------------------------------------------------
+TEMPORAL_COMPRESSION = 4
+SPATIAL_COMPRESSION = 8
+SIZE_MULTIPLE = 16  # VAE 8x times the transformer's 2x2 patch
+TEXT_TOKENS = 512  # umT5 context length Wan was trained with
+
+# Linear layers of each Wan block that Pusa's LoRA adapts (diffusers names).
+LORA_TARGET_MODULES: tuple[str, ...] = (
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+    "ffn.net.0.proj", "ffn.net.2",
+)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range a value may take; the UI's sliders and the engine's validation both read it."""
+
+    field: str
+    low: float
+    high: float
+    step: float
+    whole: bool = False
+
+    def span(self) -> str:
+        """``"from 1 to 100"``, as the messages and the UI's help text say it."""
+        show = (lambda v: str(int(v))) if self.whole else (lambda v: f"{v:g}")
+        return f"from {show(self.low)} to {show(self.high)}"
+
+    def check(self, value: object) -> str | None:
+        """Why ``value`` is refused (the text after the field's name), or None when it is fine."""
+        span = f"{'a whole number' if self.whole else 'a number'} {self.span()}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be {span}, got {value!r}"
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            return f"must be {span}, got {value!r}"
+        if self.whole and not float(value).is_integer():
+            return f"must be {span}, got {value!r}"
+        return None
+
+
+STEPS = Limit("steps", 1, 100, 1, whole=True)
+CFG = Limit("cfg", 1.0, 20.0, 0.5)
+LORA_ALPHA = Limit("lora_alpha", 0.0, 5.0, 0.1)
+SHIFT = Limit("shift", 0.1, 20.0, 0.1)
+NOISE_MULTIPLIER = Limit("noise_multiplier", 0.0, 1.0, 0.05)
+FPS = Limit("fps", 1, 60, 1, whole=True)
+SIDE = Limit("size", SIZE_MULTIPLE, 1920, SIZE_MULTIPLE, whole=True)
+FRAMES = Limit("num_frames", 1, 201, TEMPORAL_COMPRESSION, whole=True)
+SEED = Limit("seed", 0, 2**32 - 1, 1, whole=True)
+
+MAX_PROMPT_CHARS = 4000  # far past the 512 tokens the text encoder reads; refuses absurd inputs early
+MAX_INPUT_PIXELS = 40_000_000  # an upload's width x height (a 8K frame is 33 MP)
+MAX_INPUT_SIDE = 16384
+MAX_UPLOAD_MB = 200
+
+
+# -- frame arithmetic -------------------------------------------------------------------------------
+def latent_frame_count(num_frames: int) -> int:
+    return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
+
+
+def latent_to_pixel_frames(index: int) -> tuple[int, int]:
+    """First and last pixel frame (inclusive) that latent slot ``index`` stands for."""
+    if index == 0:
+        return 0, 0
+    return TEMPORAL_COMPRESSION * index - 3, TEMPORAL_COMPRESSION * index
+
+
+def pixel_frame_to_latent(frame: int) -> int:
+    """The latent slot that holds pixel frame ``frame``."""
+    return 0 if frame == 0 else (frame + TEMPORAL_COMPRESSION - 1) // TEMPORAL_COMPRESSION
+
+
+def latent_to_seconds(index: int, fps: float) -> tuple[float, float]:
+    """Start and end time (seconds) of the pixel frames behind latent slot ``index``."""
+    first, last = latent_to_pixel_frames(index)
+    return first / fps, (last + 1) / fps
+
+
+def frames_needed(positions: Sequence[int]) -> int:
+    """Pixel frames a video must have to supply latent slots ``positions``."""
+    return TEMPORAL_COMPRESSION * max(positions) + 1
+
+
+def nearest_frame_count(n: float) -> int:
+    """The 4k+1 frame count nearest ``n`` within :data:`FRAMES`."""
+    k = round((n - 1) / TEMPORAL_COMPRESSION)
+    return int(min(FRAMES.high, max(FRAMES.low, k * TEMPORAL_COMPRESSION + 1)))
+
+
+def latent_tokens(width: int, height: int, num_frames: int, patch: int = 2) -> int:
+    """Transformer sequence length of a job (832x480x81 -> 32,760)."""
+    return latent_frame_count(num_frames) * (height // SPATIAL_COMPRESSION // patch) * (width // SPATIAL_COMPRESSION // patch)
