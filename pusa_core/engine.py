@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from .loading import PusaComponents, load_components, source_defaults
 from .lora import set_lora_alpha
 from .memory import JobSize, PlanOptions
 from .placement import Placement, StageDevices, apply_placement, apply_vae_tiling, choose_placement, detect_gpus, plan_job
+from .outputs import OutputFolder, Retention
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .requests import ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import StepReport, sample
@@ -96,9 +96,10 @@ class Engine:
         placement: str | None = None,
         fp8: bool = False,
         defaults: Settings | None = None,
+        retention: Retention = Retention(),
     ) -> None:
         self._loader = loader
-        self.output_dir = Path(output_dir)
+        self.outputs = OutputFolder(Path(output_dir), retention)
         self._model_name = model_name
         self._is_small = is_small
         self._requested_placement = placement
@@ -116,19 +117,24 @@ class Engine:
 
     @classmethod
     def from_source(
-        cls, source: ModelSource, output_dir: Path = Path("outputs"), placement: str | None = None, fp8: bool = False
+        cls, source: ModelSource, output_dir: Path = Path("outputs"), placement: str | None = None, fp8: bool = False,
+        retention: Retention = Retention(),
     ) -> Engine:
         """An engine that loads ``source`` when started. ``placement`` overrides the automatic choice."""
         return cls(
             lambda: load_components(source), output_dir, source.name, source.is_small,
-            placement=placement, fp8=fp8, defaults=source_defaults(source),
+            placement=placement, fp8=fp8, defaults=source_defaults(source), retention=retention,
         )
 
     @classmethod
     def from_components(
-        cls, components: PusaComponents, output_dir: Path = Path("outputs"), placement: str | None = None
+        cls, components: PusaComponents, output_dir: Path = Path("outputs"), placement: str | None = None,
+        retention: Retention = Retention(),
     ) -> Engine:
-        return cls(lambda: components, output_dir, components.name, components.is_small, placement, defaults=components.defaults)
+        return cls(
+            lambda: components, output_dir, components.name, components.is_small, placement,
+            defaults=components.defaults, retention=retention,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -272,13 +278,14 @@ class Engine:
         frames = from_model_pixels(decode_latents(c.vae, result.latents, devices.vae_device))
 
         report("write", 0.0, "writing video")
-        settings = request_to_dict(request, seed=seed)
+        settings = request_to_dict(request, seed=seed, record_input=self.outputs.record_input)
         settings["model"] = c.name
         settings["timing_seconds"] = {"denoise": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
-        video_path = self._output_path(request.task, seed)
+        video_path = self.outputs.video_path(request.task, seed)
         write_mp4(frames, video_path, s.fps, settings)
         settings_path = video_path.with_suffix(".json")
         settings_path.write_text(json.dumps(settings, indent=2))
+        self.outputs.prune()
         report("write", 1.0, "done")
         return GenerationResult(
             video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height
@@ -322,14 +329,3 @@ class Engine:
             latents = encode_pixels(c.vae, to_model_pixels(fitted), device)
             return {p: latents[:, :, p : p + 1] for p in plan.positions}
         return {}
-
-    def _output_path(self, task: str, seed: int) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = self.output_dir / f"{task}_{stamp}_seed{seed}.mp4"
-        n = 1
-        while path.exists() or path.with_suffix(".json").exists():
-            n += 1
-            path = self.output_dir / f"{task}_{stamp}_seed{seed}_{n}.mp4"
-        return path
-

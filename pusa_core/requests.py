@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal, Union
 
 import numpy as np
 from PIL import Image
 
 from . import facts
+from .errors import PusaInputError
 
 DEFAULT_NEGATIVE_PROMPT = (
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -82,24 +84,28 @@ Request = Union[ImageToVideo, MultiFrames, VideoToVideo, TextToVideo]
 TASKS = {cls.__dataclass_fields__["task"].default: cls for cls in (ImageToVideo, MultiFrames, VideoToVideo, TextToVideo)}
 
 
-def _describe_input(value: Any) -> Any:
-    if isinstance(value, (str, Path)):
-        return str(value)
-    if isinstance(value, Image.Image):
-        return f"<image {value.width}x{value.height}>"
-    if isinstance(value, np.ndarray):
-        return f"<array {list(value.shape)}>"
-    return value
+MEDIA_FIELDS = ("image", "images", "video")
 
 
-def request_to_dict(request: Request, seed: int | None = None) -> dict[str, Any]:
-    """A JSON-ready record of the request; ``seed`` (the one actually used) replaces a random one."""
+def request_to_dict(
+    request: Request, seed: int | None = None, record_input: Callable[[Any], Any] | None = None
+) -> dict[str, Any]:
+    """A JSON-ready record of the request; ``seed`` (the one actually used) replaces a random one.
+
+    ``record_input`` says how a media input is recorded (the output folder records name and hash,
+    never a server path); without it media inputs are left out.
+    """
     out: dict[str, Any] = {"task": request.task}
     for f in fields(request):
         if f.name in ("task", "settings"):
             continue
         value = getattr(request, f.name)
-        out[f.name] = [_describe_input(v) for v in value] if isinstance(value, tuple) else _describe_input(value)
+        if f.name in MEDIA_FIELDS:
+            if record_input is None:
+                continue
+            out[f.name] = [record_input(v) for v in value] if isinstance(value, tuple) else record_input(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
     settings = asdict(request.settings)
     if seed is not None:
         settings["seed"] = seed
@@ -107,8 +113,12 @@ def request_to_dict(request: Request, seed: int | None = None) -> dict[str, Any]
     return out
 
 
-def request_from_dict(data: dict[str, Any]) -> Request:
-    """Rebuild a request from :func:`request_to_dict` output (inputs are file paths as recorded)."""
+def request_from_dict(data: dict[str, Any], find_input: Callable[[Any], Path | None] | None = None) -> Request:
+    """Rebuild a request from :func:`request_to_dict` output.
+
+    A media input given as a path is used as it is (a local script's own files); one recorded as
+    ``{"name", "sha256"}`` is looked up with ``find_input`` (the output folder's copies).
+    """
     task = data.get("task")
     if task not in TASKS:
         raise ValueError(f"task: unknown task {task!r}; expected one of {sorted(TASKS)}")
@@ -120,5 +130,18 @@ def request_from_dict(data: dict[str, Any]) -> Request:
         if f.name in ("task", "settings") or f.name not in data:
             continue
         value = data[f.name]
+        if f.name in MEDIA_FIELDS:
+            items = value if isinstance(value, list) else [value]
+            found = [_media_path(item, f.name, find_input) for item in items]
+            value = found if isinstance(value, list) else found[0]
         kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(settings=settings, **kwargs)
+
+
+def _media_path(item: Any, field: str, find_input: Callable[[Any], Path | None] | None) -> Any:
+    if not isinstance(item, dict):
+        return item
+    found = find_input(item) if find_input is not None else None
+    if found is None:
+        raise PusaInputError(field, f"{str(item.get('name'))!r} is not kept on this server any more; give the file again")
+    return str(found)

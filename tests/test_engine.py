@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import replace
@@ -71,8 +72,17 @@ def test_same_seed_same_video_and_random_seed_is_reported(tiny_engine, settings,
 
 def test_saved_settings_rebuild_the_request(tiny_engine, settings, clip, image):
     result = tiny_engine.generate(_requests(settings, image, clip)["v2v"])
-    rebuilt = request_from_dict(read_settings(result.video_path))
-    assert rebuilt == VideoToVideo(settings, video=str(clip), positions=(0, 1), multipliers=(0.0, 0.3))
+    saved = read_settings(result.video_path)
+    digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+    # No server path is recorded: the input's own name and its content hash.
+    assert saved["video"] == {"name": clip.name, "sha256": digest}
+    assert str(clip.parent) not in json.dumps(saved) and str(tiny_engine.outputs.root) not in json.dumps(saved)
+    rebuilt = request_from_dict(saved, find_input=tiny_engine.outputs.find_input)
+    kept = tiny_engine.outputs.root / "inputs" / f"{digest}.mp4"
+    assert rebuilt == VideoToVideo(settings, video=str(kept), positions=(0, 1), multipliers=(0.0, 0.3))
+    assert kept.read_bytes() == clip.read_bytes()
+    with pytest.raises(PusaInputError, match=r"^video: 'clip.mp4' is not kept on this server any more; give the file again"):
+        request_from_dict(saved)
 
 
 def test_first_frame_follows_the_image_more_with_lower_multiplier(tiny_engine, settings, image):

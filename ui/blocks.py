@@ -14,9 +14,13 @@ import gradio as gr
 from pusa_core.engine import Engine, EngineStatus
 from pusa_core.errors import PusaInputError
 from pusa_core.media import read_settings
+from pusa_core.outputs import OutputFolder
 from ui import i2v, multiframe, t2v, v2v
-from ui.common import TabForm
+from ui.form import inside
 from ui.runner import Runner, field_message
+from ui.task_tab import TabForm, build_task_tab
+
+SPECS = (i2v.SPEC, multiframe.SPEC, v2v.SPEC, t2v.SPEC)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 POLL_SECONDS = 1.0
@@ -36,9 +40,27 @@ def status_line(status: EngineStatus) -> str:
     return f"Status: **Ready**: {model} · {status.placement}"
 
 
-def _load_settings(forms: list[TabForm], path: str | None) -> list[Any]:
+RESTORE_NOTE = " Input media recorded in this file was not brought back: upload it again."
+
+
+def restorable_input(record: Any, outputs: OutputFolder) -> Path | None:
+    """The server copy of a recorded input, only ever from this app's output folder.
+
+    New settings record ``{"name", "sha256"}``; files written before that recorded a path, which
+    comes back only when it resolves (links and ``..`` included) to a file inside the output folder.
+    """
+    if isinstance(record, dict):
+        return outputs.find_input(record)
+    if isinstance(record, str) and record and ".." not in Path(record).parts:
+        path = Path(record)
+        if inside(path, outputs.root) and path.is_file():
+            return path
+    return None
+
+
+def _load_settings(forms: list[TabForm], outputs: OutputFolder, path: str | None) -> list[Any]:
     """Fill the tab that made an output from its MP4 or JSON, and switch to that tab."""
-    targets = sum(len(form.fill_targets()) for form in forms)
+    targets = sum(len(form.components) for form in forms)
     if not path:
         return [gr.skip()] * (targets + 1) + [""]
     try:
@@ -55,14 +77,15 @@ def _load_settings(forms: list[TabForm], path: str | None) -> list[Any]:
             print_exception=False,
         )
     values: list[Any] = []
+    dropped = False
     for other in forms:
-        values += other.fill_values(data) if other is form else [gr.skip()] * len(other.fill_targets())
+        if other is form:
+            filled, dropped = other.fill_values(data, lambda record: restorable_input(record, outputs))
+            values += filled
+        else:
+            values += [gr.skip()] * len(other.components)
     note = f"Loaded the settings of `{Path(path).name}` into {form.label} (seed {data['settings'].get('seed')})."
-    # Each tab's first task input is its media; a saved path that is gone comes back as a skip.
-    media_recorded = any(key in data for key in ("image", "images", "video"))
-    if media_recorded and form.task_inputs and form.task_values(data)[0] == gr.skip():
-        note += " Its input files are no longer on the server: upload them again."
-    return [*values, gr.Tabs(selected=form.task), note]
+    return [*values, gr.Tabs(selected=form.task), note + (RESTORE_NOTE if dropped else "")]
 
 
 def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
@@ -81,15 +104,11 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
         with gr.Accordion("Load settings from an earlier output", open=False):
             settings_file = gr.File(label="An MP4 or JSON this app made", file_types=[".mp4", ".json"], type="filepath")
             load_message = gr.Markdown()
+        forms = []
         with gr.Tabs() as tabs:
-            with gr.Tab("Image-to-Video", id=i2v.TASK):
-                forms = [i2v.build_tab(runner, defaults, noise_multiplier, examples_dir)]
-            with gr.Tab("Multi-Frames", id=multiframe.TASK):
-                forms.append(multiframe.build_tab(runner, defaults, examples_dir))
-            with gr.Tab("Video-to-Video", id=v2v.TASK):
-                forms.append(v2v.build_tab(runner, defaults, examples_dir))
-            with gr.Tab("Text-to-Video", id=t2v.TASK):
-                forms.append(t2v.build_tab(runner, defaults))
+            for spec in SPECS:
+                with gr.Tab(spec.label, id=spec.task):
+                    forms.append(build_task_tab(spec, runner, defaults, noise_multiplier, examples_dir))
 
         default_targets = [c for form in forms for c in form.default_targets()]
         memory_lines = [form.controls.memory for form in forms]
@@ -120,12 +139,17 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
             for trigger in sized:
                 trigger.change(runner.memory_line, sized, controls.memory, queue=False, api_visibility="private")
 
-        fill_targets = [c for form in forms for c in form.fill_targets()]
+        fill_targets = [c for form in forms for c in form.components]
         settings_file.change(
-            lambda path: _load_settings(forms, path),
+            lambda path: _load_settings(forms, engine.outputs, path),
             settings_file,
             [*fill_targets, tabs, load_message],
             api_name="load_settings",
             api_visibility="undocumented",
         )
+        # A closed tab or a dead client leaves a job nobody will receive: stop it at its next step.
+        def leave(request: gr.Request) -> None:
+            runner.leave(request.session_hash if request else None)
+
+        demo.unload(leave)
     return demo

@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
-from pusa_core.conditioning import parse_multipliers, parse_positions
+from pusa_core.conditioning import MULTIPLIERS_EXAMPLE, parse_multipliers, parse_positions
+from pusa_core.errors import PusaInputError
 from pusa_core.facts import latent_frame_count
-from pusa_core.requests import MultiFrames, Settings
-from ui.common import (
-    TabForm,
-    build_settings,
-    comma_list,
-    existing_path,
-    output_panel,
-    prompt_box,
-    shared_controls,
-    wire_reuse_seed,
-)
-from ui.runner import Outputs, Runner, wire_job
-from ui.schedule_plot import schedule_html
-
-TASK = "multiframe"
+from pusa_core.requests import MultiFrames, Request, Settings
+from ui.form import saved_lists
+from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
+from ui.widgets import IMAGE_TYPES, prompt_box
 
 
-def _paths(images: Sequence[Any] | None) -> list[str]:
-    return [str(getattr(item, "name", item)) for item in images or []]
-
-
-def _schedule(images: Sequence[Any] | None, positions: str, multipliers: str, frames: float, fps: float) -> str:
-    names = [f"image {i + 1} ({Path(p).name})" for i, p in enumerate(_paths(images))]
-    return schedule_html(frames, positions, multipliers, fps, sources=names or None)
+def _paths(images: Any) -> list[str]:
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        raise PusaInputError("images", f"must be a list of image files, got {type(images).__name__}")
+    return [str(getattr(item, "name", item)) for item in images]
 
 
 def start_end_positions(num_frames: int) -> str:
@@ -41,105 +29,72 @@ def start_end_positions(num_frames: int) -> str:
     return f"0,{latent_frame_count(num_frames) - 1}"
 
 
-def build_tab(runner: Runner, defaults: Settings, examples_dir: Path) -> TabForm:
-    """Render the tab's contents in the current ``gr.Tab``."""
+def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
     first_last = start_end_positions(defaults.num_frames)
+    images = gr.File(
+        label="Images, in the order of the positions (at least two: start and end, or keyframes)",
+        file_count="multiple",
+        file_types=IMAGE_TYPES,
+        type="filepath",
+        allow_reordering=True,
+    )
+    prompt = prompt_box("What happens between the frames, e.g. 'a red ball rolls across the grass'")
     with gr.Row():
-        with gr.Column():
-            images = gr.File(
-                label="Images, in the order of the positions (at least two: start and end, or keyframes)",
-                file_count="multiple",
-                file_types=["image"],
-                type="filepath",
-                allow_reordering=True,
-            )
-            prompt = prompt_box("What happens between the frames, e.g. 'a red ball rolls across the grass'")
-            with gr.Row():
-                positions = gr.Textbox(
-                    label="Positions", value=first_last, elem_id="multiframe-positions",
-                    info=f"Latent frame per image, comma-separated; {first_last} = first and last frame",
-                )
-                multipliers = gr.Textbox(
-                    label="Multipliers", value="0.2,0.5", info="Noise per image, 0 (keep exactly) to 1 (ignore)"
-                )
-            schedule = gr.HTML(
-                _schedule(None, first_last, "0.2,0.5", defaults.num_frames, defaults.fps), js_on_load=None,
-                elem_id="multiframe-schedule",
-            )
-            controls = shared_controls(defaults)
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="multiframe-generate")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="multiframe-cancel")
-        with gr.Column():
-            panel = output_panel(TASK)
-
-    gr.Examples(
-        examples=[
-            [
-                [str(examples_dir / "ball_start.png"), str(examples_dir / "ball_end.png")],
-                "a red ball rolls across the green grass from left to right",
-                first_last,
-                "0.2,0.5",
-            ]
-        ],
-        inputs=[images, prompt, positions, multipliers],
-        label="Examples (fill the form; press Generate to run)",
-        cache_examples=False,
-        run_on_click=False,
+        positions = gr.Textbox(
+            label="Positions", value=first_last, elem_id="multiframe-positions",
+            info=f"Latent frame per image, comma-separated; {first_last} = first and last frame",
+        )
+        multipliers = gr.Textbox(
+            label="Multipliers", value=MULTIPLIERS_EXAMPLE,
+            info="Noise per image: 0 keeps it exactly, 1 ignores it; e.g. 0.2,0.5",
+        )
+    example = [
+        [str(examples_dir / "ball_start.png"), str(examples_dir / "ball_end.png")],
+        "a red ball rolls across the green grass from left to right",
+        first_last,
+        MULTIPLIERS_EXAMPLE,
+    ]
+    return TaskInputs(
+        {"images": images, "prompt": prompt, "positions": positions, "multipliers": multipliers},
+        examples=[example],
+        example_names=("images", "prompt", "positions", "multipliers"),
     )
 
-    def generate_multiframe(
-        images: list[str] | None,
-        prompt: str,
-        positions: str,
-        multipliers: str,
-        negative_prompt: str,
-        seed: float | None,
-        randomize_seed: bool,
-        steps: float,
-        cfg: float,
-        lora_alpha: float,
-        size: str,
-        fit: str,
-        frames: float,
-        fps: float,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),
-    ) -> Outputs:
-        """Start/end frames or keyframes: one image per latent position. Returns (video, settings JSON, seed used, message)."""
-        def build() -> MultiFrames:
-            settings = build_settings(prompt, negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps)
-            return MultiFrames(
-                settings=settings,
-                images=tuple(_paths(images)),
-                positions=parse_positions(positions, "positions"),
-                multipliers=parse_multipliers(multipliers, "multipliers"),
-            )
 
-        return runner.generate(build, request.session_hash if request else None, progress)
-
-    wire_job(
-        runner,
-        generate=generate,
-        cancel=cancel,
-        fn=generate_multiframe,
-        inputs=[images, prompt, positions, multipliers, *controls.inputs()],
-        outputs=panel.outputs(),
-        message=panel.message,
-        api_name=TASK,
-        public_cancel=False,
+def _request(values: dict[str, Any], settings: Settings) -> Request:
+    return MultiFrames(
+        settings=settings,
+        images=tuple(_paths(values["images"])),
+        positions=parse_positions(values["positions"], "positions"),
+        multipliers=parse_multipliers(values["multipliers"], "multipliers"),
     )
-    wire_reuse_seed(panel, controls)
-    schedule_inputs = [images, positions, multipliers, controls.frames, controls.fps]
-    for trigger in (images, positions, multipliers, controls.frames, controls.fps):
-        trigger.change(_schedule, schedule_inputs, schedule, queue=False, api_visibility="private")
 
-    def task_values(data: dict[str, Any]) -> list[Any]:
-        saved = [existing_path(p) for p in data.get("images", [])]
-        return [
-            saved if saved and all(saved) else gr.skip(),
-            comma_list(data["positions"]) if "positions" in data else gr.skip(),
-            comma_list(data["multipliers"]) if "multipliers" in data else gr.skip(),
-        ]
 
-    return TabForm(TASK, "Multi-Frames", prompt, [images, positions, multipliers], task_values, controls)
+def _schedule(values: dict[str, Any]) -> SchedulePlan:
+    try:
+        names = [f"image {i + 1} ({Path(p).name})" for i, p in enumerate(_paths(values["images"]))]
+    except PusaInputError:
+        names = []
+    return values["positions"], values["multipliers"], names or None
+
+
+def _saved(data: dict[str, Any], find_input: Callable[[Any], Path | None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    recorded = data.get("images")
+    if isinstance(recorded, list) and recorded:
+        found = [find_input(item) for item in recorded]
+        if all(found):
+            out["images"] = [str(p) for p in found]
+    return {**out, **saved_lists(data, ("positions", "multipliers"))}
+
+
+SPEC = TaskSpec(
+    task="multiframe",
+    label="Multi-Frames",
+    doc="Start/end frames or keyframes: one image per latent position.",
+    inputs=_inputs,
+    to_request=_request,
+    schedule=_schedule,
+    schedule_names=("images", "positions", "multipliers"),
+    saved_values=_saved,
+)

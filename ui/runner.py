@@ -8,6 +8,7 @@ Nothing here stops the app: after any error the engine is ready for the next job
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -19,8 +20,8 @@ import gradio as gr
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, PusaInputError
 from pusa_core.requests import Request, Settings
-from ui.common import job_size_reader, parse_size
-from ui.zerogpu import wrap_for_zerogpu
+from ui.form import parse_size
+from ui.zerogpu import JobSize, wrap_for_zerogpu
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ FIELD_LABELS = {
     "fps": "Frames per second",
     "fit": "Fit",
     "seed": "Seed",
+    "randomize_seed": "Random seed",
     "settings file": "Settings file",
 }
 PHASE_LABELS = {
@@ -102,15 +104,27 @@ def describe_result(result: GenerationResult, fps: int | float) -> str:
 class _Job:
     cancel: threading.Event
     last: Progress | None = None
+    left: bool = False  # the caller went away (closed the tab, killed the client, cancelled the event)
+
+
+def _request_size(request: Request, *_: Any) -> JobSize:
+    s = request.settings
+    return JobSize(s.steps, s.num_frames, s.width, s.height, s.cfg)
 
 
 class Runner:
-    """Runs requests on one engine for every tab and session; one job at a time (the engine's lock and the queue)."""
+    """Runs requests on one engine for every tab and session; one job at a time (the engine's lock and the queue).
+
+    A job stops at its next step when its session presses Cancel, when gradio cancels the event
+    (``Job.cancel()`` in gradio_client), or when the session goes away (the page's unload event,
+    which gradio fires when the tab closes or the client dies).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._run_job = wrap_for_zerogpu(self._run_sync, _request_size)
 
     def require_ready(self) -> None:
         """Generate explains and does nothing until the model is loaded."""
@@ -129,7 +143,7 @@ class Runner:
                 print_exception=False,
             )
 
-    def generate(
+    async def generate(
         self, build: Callable[[], Request], session: str | None, progress: gr.Progress | None = None
     ) -> Outputs:
         """Build the request and run it: (video path, settings path, seed used, message)."""
@@ -142,10 +156,22 @@ class Runner:
         key = session or NO_SESSION
         with self._lock:
             self._jobs[key] = job
+        try:
+            return await asyncio.to_thread(self._run_job, request, job, progress)
+        except asyncio.CancelledError:
+            # gradio cancelled the event: the engine stops at its next step, and writes nothing.
+            job.left = True
+            job.cancel.set()
+            raise
+        finally:
+            with self._lock:
+                if self._jobs.get(key) is job:
+                    del self._jobs[key]
 
+    def _run_sync(self, request: Request, job: _Job, progress: gr.Progress | None) -> Outputs:
         def report(p: Progress) -> None:
             job.last = p
-            if progress is not None:
+            if progress is not None and not job.left:
                 progress(p.fraction, desc=progress_text(p))
 
         try:
@@ -165,10 +191,6 @@ class Runner:
                 "try again, or with a smaller size or fewer frames.",
                 title="Generation failed",
             ) from None
-        finally:
-            with self._lock:
-                if self._jobs.get(key) is job:
-                    del self._jobs[key]
         return str(result.video_path), str(result.settings_path), result.seed, describe_result(result, request.settings.fps)
 
     def cancel(self, session: str | None) -> str:
@@ -179,6 +201,20 @@ class Runner:
             return "Nothing of yours is running, so there is nothing to cancel."
         job.cancel.set()
         return "Cancelling: the job stops at the next denoising step."
+
+    def leave(self, session: str | None) -> None:
+        """The session is gone (tab closed, client killed): stop its job, nobody will receive it."""
+        if session is None:
+            return
+        with self._lock:
+            job = self._jobs.get(session)
+        if job is not None:
+            job.left = True
+            job.cancel.set()
+
+    def running(self, session: str | None) -> bool:
+        with self._lock:
+            return (session or NO_SESSION) in self._jobs
 
     @staticmethod
     def _cancelled_message(job: _Job) -> str:
@@ -192,37 +228,7 @@ class Runner:
             width, height = parse_size(size)
         except PusaInputError as err:
             return f"Memory: {field_message(err.field, err.message)}"
-        if not float(frames).is_integer():
+        if isinstance(frames, bool) or not isinstance(frames, (int, float)) or not float(frames).is_integer():
             return "Memory: Frames must be a whole number."
         settings = Settings(width=width, height=height, num_frames=int(frames))
         return f"Memory: {self.engine.memory_report(settings)}"
-
-
-def wire_job(
-    runner: Runner,
-    *,
-    generate: gr.Button,
-    cancel: gr.Button,
-    fn: Callable[..., Outputs],
-    inputs: Sequence[gr.components.Component],
-    outputs: Sequence[gr.components.Component],
-    message: gr.Markdown,
-    api_name: str,
-    public_cancel: bool,
-) -> None:
-    """Generate runs ``fn`` in the shared GPU queue under a stable ``api_name``; Cancel never waits in that queue."""
-    generate.click(
-        wrap_for_zerogpu(fn, job_size_reader(fn)),
-        list(inputs),
-        list(outputs),
-        api_name=api_name,
-        concurrency_id=GPU_QUEUE,
-        concurrency_limit=1,
-    )
-
-    def cancel_job(request: gr.Request) -> str:
-        """Stop this session's running job at its next denoising step."""
-        return runner.cancel(request.session_hash if request else None)
-
-    extra: dict[str, Any] = {"api_name": "cancel"} if public_cancel else {"api_visibility": "private"}
-    cancel.click(cancel_job, None, message, concurrency_limit=None, **extra)

@@ -68,6 +68,8 @@ def _bars(table: Sequence[float], conditioned: set[int], fps: float) -> str:
 
 
 def _table(positions: Sequence[int], multipliers: Sequence[float], fps: float, sources: Sequence[str] | None) -> str:
+    if not positions:
+        return ""
     head = "<tr><th>Position (latent)</th><th>Pixel frames</th><th>Time</th><th>Multiplier</th>"
     head += "<th>Input</th></tr>" if sources else "</tr>"
     rows = []
@@ -88,16 +90,25 @@ def schedule_html(
     fps: int | float,
     sources: Sequence[str] | None = None,
 ) -> str:
-    """The schedule of a job with ``num_frames`` pixel frames; ``sources`` names the input behind each position."""
+    """The schedule of a job with ``num_frames`` pixel frames; ``sources`` names the input behind each position.
+
+    ``positions=()`` draws a job with no conditioning frames.
+    """
     try:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, (int, float)) or not isinstance(fps, (int, float)):
+            raise PusaInputError("num_frames", f"must be a number, got {num_frames!r}")
         frames = int(num_frames) if float(num_frames).is_integer() else num_frames
         if not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
             raise PusaInputError("num_frames", f"must be 4k+1 (5, 9, ..., 81), got {num_frames!r}")
         if not fps or fps <= 0:
             raise PusaInputError("fps", f"must be positive, got {fps!r}")
-        parsed_positions = parse_positions(positions, "positions")
-        parsed_multipliers = parse_multipliers(multipliers, "multipliers")
-        table = frame_multiplier_table(frames, parsed_positions, parsed_multipliers)
+        if positions == ():  # text-to-video: every frame generated freely
+            parsed_positions, parsed_multipliers = (), ()
+            table = [1.0] * latent_frame_count(frames)
+        else:
+            parsed_positions = parse_positions(positions, "positions")
+            parsed_multipliers = parse_multipliers(multipliers, "multipliers")
+            table = frame_multiplier_table(frames, parsed_positions, parsed_multipliers)
     except PusaInputError as err:
         return _error_box(err)
     count = latent_frame_count(frames)

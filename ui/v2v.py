@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from pusa_core.conditioning import parse_multipliers, parse_positions
-from pusa_core.facts import latent_frame_count, latent_to_pixel_frames
 from pusa_core.errors import PusaInputError
-from pusa_core.requests import Settings, VideoToVideo
-from ui.common import (
-    TabForm,
-    build_settings,
-    comma_list,
-    existing_path,
-    output_panel,
-    prompt_box,
-    shared_controls,
-    wire_reuse_seed,
-)
-from ui.runner import Outputs, Runner, wire_job
-from ui.schedule_plot import schedule_html
+from pusa_core.facts import latent_frame_count, latent_to_pixel_frames
+from pusa_core.requests import Request, Settings, VideoToVideo
+from ui.form import comma_list, saved_lists
+from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
+from ui.widgets import prompt_box
 
-TASK = "v2v"
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # Pusa's extension example: the first 13 frames, noisier towards the new part
+COMPLETION_MULTIPLIERS = (0.0, 0.3)
 
 
 def extension_plan(num_frames: int) -> tuple[str, str]:
@@ -36,10 +27,10 @@ def extension_plan(num_frames: int) -> tuple[str, str]:
 
 def completion_plan(num_frames: int) -> tuple[str, str]:
     """Keep the video's first and last slot and generate what lies between."""
-    return f"0,{latent_frame_count(num_frames) - 1}", "0.0,0.3"
+    return f"0,{latent_frame_count(num_frames) - 1}", comma_list(COMPLETION_MULTIPLIERS)
 
 
-def _sources(positions: str) -> list[str] | None:
+def _sources(positions: Any) -> list[str] | None:
     try:
         parsed = parse_positions(positions, "positions")
     except PusaInputError:
@@ -51,98 +42,56 @@ def _sources(positions: str) -> list[str] | None:
     return labels
 
 
-def _schedule(positions: str, multipliers: str, frames: float, fps: float) -> str:
-    return schedule_html(frames, positions, multipliers, fps, sources=_sources(positions))
-
-
-def build_tab(runner: Runner, defaults: Settings, examples_dir: Path) -> TabForm:
-    """Render the tab's contents in the current ``gr.Tab``."""
+def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
     ext_positions, ext_multipliers = extension_plan(defaults.num_frames)
     comp_positions, comp_multipliers = completion_plan(defaults.num_frames)
+    video = gr.Video(label="Input video", sources=["upload"], height=280)
+    prompt = prompt_box("What the whole video shows, e.g. 'a blue square moves across a white background'")
     with gr.Row():
-        with gr.Column():
-            video = gr.Video(label="Input video", sources=["upload"], height=280)
-            prompt = prompt_box("What the whole video shows, e.g. 'a blue square moves across a white background'")
-            with gr.Row():
-                positions = gr.Textbox(
-                    label="Positions", value=ext_positions,
-                    info=f"Latent slots taken from the video: {ext_positions} extends its start, {comp_positions} completes it",
-                )
-                multipliers = gr.Textbox(
-                    label="Multipliers", value=ext_multipliers, info="One per position, 0 (keep exactly) to 1 (ignore)"
-                )
-            schedule = gr.HTML(_schedule(ext_positions, ext_multipliers, defaults.num_frames, defaults.fps), js_on_load=None)
-            controls = shared_controls(defaults)
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="v2v-generate")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="v2v-cancel")
-        with gr.Column():
-            panel = output_panel(TASK)
-
+        positions = gr.Textbox(
+            label="Positions", value=ext_positions,
+            info=f"Latent slots taken from the video: {ext_positions} extends its start, {comp_positions} completes it",
+        )
+        multipliers = gr.Textbox(
+            label="Multipliers", value=ext_multipliers, info="One per position, 0 (keep exactly) to 1 (ignore)"
+        )
     clip = str(examples_dir / "square.mp4")
-    prompt_text = "a blue square moves across a white background"
-    gr.Examples(
-        examples=[[clip, prompt_text, ext_positions, ext_multipliers], [clip, prompt_text, comp_positions, comp_multipliers]],
-        inputs=[video, prompt, positions, multipliers],
+    text = "a blue square moves across a white background"
+    return TaskInputs(
+        {"video": video, "prompt": prompt, "positions": positions, "multipliers": multipliers},
+        examples=[[clip, text, ext_positions, ext_multipliers], [clip, text, comp_positions, comp_multipliers]],
+        example_names=("video", "prompt", "positions", "multipliers"),
         example_labels=["Extend the start of the clip", "Complete between first and last frame"],
-        label="Examples (fill the form; press Generate to run)",
-        cache_examples=False,
-        run_on_click=False,
     )
 
-    def generate_v2v(
-        video: str | None,
-        prompt: str,
-        positions: str,
-        multipliers: str,
-        negative_prompt: str,
-        seed: float | None,
-        randomize_seed: bool,
-        steps: float,
-        cfg: float,
-        lora_alpha: float,
-        size: str,
-        fit: str,
-        frames: float,
-        fps: float,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),
-    ) -> Outputs:
-        """Video-to-video: keep the listed latent slots of ``video`` and generate the rest. Returns (video, settings JSON, seed used, message)."""
 
-        def build() -> VideoToVideo:
-            settings = build_settings(prompt, negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps)
-            return VideoToVideo(
-                settings=settings,
-                video=video or "",
-                positions=parse_positions(positions, "positions"),
-                multipliers=parse_multipliers(multipliers, "multipliers"),
-            )
-
-        return runner.generate(build, request.session_hash if request else None, progress)
-
-    wire_job(
-        runner,
-        generate=generate,
-        cancel=cancel,
-        fn=generate_v2v,
-        inputs=[video, prompt, positions, multipliers, *controls.inputs()],
-        outputs=panel.outputs(),
-        message=panel.message,
-        api_name=TASK,
-        public_cancel=False,
+def _request(values: dict[str, Any], settings: Settings) -> Request:
+    return VideoToVideo(
+        settings=settings,
+        video=values["video"] or "",
+        positions=parse_positions(values["positions"], "positions"),
+        multipliers=parse_multipliers(values["multipliers"], "multipliers"),
     )
-    wire_reuse_seed(panel, controls)
-    schedule_inputs = [positions, multipliers, controls.frames, controls.fps]
-    for trigger in schedule_inputs:
-        trigger.change(_schedule, schedule_inputs, schedule, queue=False, api_visibility="private")
 
-    def task_values(data: dict[str, Any]) -> list[Any]:
-        saved_video = existing_path(data.get("video"))
-        return [
-            saved_video if saved_video else gr.skip(),
-            comma_list(data["positions"]) if "positions" in data else gr.skip(),
-            comma_list(data["multipliers"]) if "multipliers" in data else gr.skip(),
-        ]
 
-    return TabForm(TASK, "Video-to-Video", prompt, [video, positions, multipliers], task_values, controls)
+def _schedule(values: dict[str, Any]) -> SchedulePlan:
+    return values["positions"], values["multipliers"], _sources(values["positions"])
+
+
+def _saved(data: dict[str, Any], find_input: Callable[[Any], Path | None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if (video := find_input(data.get("video"))) is not None:
+        out["video"] = str(video)
+    return {**out, **saved_lists(data, ("positions", "multipliers"))}
+
+
+SPEC = TaskSpec(
+    task="v2v",
+    label="Video-to-Video",
+    doc="Video-to-video: keep the listed latent slots of `video` and generate the rest.",
+    inputs=_inputs,
+    to_request=_request,
+    schedule=_schedule,
+    schedule_names=("positions", "multipliers"),
+    saved_values=_saved,
+)

@@ -1,0 +1,120 @@
+"""Form values <-> ``pusa_core`` settings, both ways.
+
+Values arrive as gradio gives them, or as an API caller sent them (None, strings, NaN). This module
+only turns them into a :class:`Settings`; the engine checks every range against :mod:`pusa_core.facts`,
+so the messages a user sees name the same fields whether they use the page or ``gradio_client``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pusa_core.errors import PusaInputError
+from pusa_core.requests import Settings
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x×X*,]\s*(\d+)\s*$")
+
+
+def parse_size(text: object) -> tuple[int, int]:
+    """``"832x480"`` -> ``(832, 480)``. The engine checks the numbers; this checks the shape of the text."""
+    match = _SIZE_PATTERN.match(text) if isinstance(text, str) else None
+    if not match:
+        raise PusaInputError("size", f"{text!r} is not a size; pick a preset or type WIDTHxHEIGHT, e.g. 832x480")
+    return int(match.group(1)), int(match.group(2))
+
+
+def number(value: Any, field: str) -> int | float | Any:
+    """A form number as an int when it is whole; text that reads as a number is read; the rest goes to the engine."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise PusaInputError(field, "is empty; type a number")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise PusaInputError(field, f"{value!r} is not a number") from None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def seed_value(seed: Any, randomize_seed: Any) -> int | float | None:
+    if not isinstance(randomize_seed, bool):
+        raise PusaInputError("randomize_seed", f"must be true or false, got {randomize_seed!r}")
+    if randomize_seed:
+        return None
+    if seed is None:
+        raise PusaInputError("seed", "is empty; type a whole number, or tick 'Random seed'")
+    return number(seed, "seed")
+
+
+def text(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PusaInputError(field, f"must be text, got {type(value).__name__}")
+    return value.strip()
+
+
+def build_settings(values: dict[str, Any]) -> Settings:
+    """The shared settings from the form's values, keyed by the handler's parameter names."""
+    width, height = parse_size(values["size"])
+    return Settings(
+        prompt=text(values["prompt"], "prompt"),
+        negative_prompt=text(values["negative_prompt"], "negative_prompt"),
+        seed=seed_value(values["seed"], values["randomize_seed"]),
+        steps=number(values["steps"], "steps"),
+        cfg=number(values["cfg"], "cfg"),
+        lora_alpha=number(values["lora_alpha"], "lora_alpha"),
+        width=width,
+        height=height,
+        num_frames=number(values["frames"], "num_frames"),
+        fps=number(values["fps"], "fps"),
+        fit=values["fit"],
+    )
+
+
+def shared_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """Form values, by handler parameter name, from a saved ``settings`` dict; keys it lacks are left out."""
+    known = {f.name for f in fields(Settings)}
+    s = {k: v for k, v in saved.items() if k in known}
+    out: dict[str, Any] = {}
+    for name in ("prompt", "negative_prompt", "steps", "cfg", "lora_alpha", "fit", "fps"):
+        if name in s:
+            out[name] = s[name]
+    if "num_frames" in s:
+        out["frames"] = s["num_frames"]
+    if "width" in s and "height" in s:
+        out["size"] = f"{s['width']}x{s['height']}"
+    if s.get("seed") is not None:
+        # A saved seed reproduces the video only if it is used.
+        out["seed"], out["randomize_seed"] = s["seed"], False
+    return out
+
+
+def comma_list(values: Sequence[Any]) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def saved_lists(data: dict[str, Any], names: Sequence[str]) -> dict[str, str]:
+    """Saved lists (positions, multipliers) as the comma-separated text their boxes take."""
+    return {name: comma_list(data[name]) for name in names if isinstance(data.get(name), list)}
+
+
+def skip_missing(names: Sequence[str], values: dict[str, Any]) -> list[Any]:
+    """``values`` in ``names`` order, with ``gr.skip()`` for the names it lacks."""
+    return [values[name] if name in values else gr.skip() for name in names]
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when ``path``, with every link resolved, lies inside ``root``."""
+    try:
+        return path.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+    except (OSError, RuntimeError):
+        return False

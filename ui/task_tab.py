@@ -1,0 +1,166 @@
+"""One builder for the four task tabs: a tab declares its inputs and how they become a request; this does the rest.
+
+Every tab gets the same layout (task inputs, prompt, schedule picture, shared settings, Generate and
+Cancel on the left; the result on the right), the same handler (one API endpoint named after the
+task, parameters named after the inputs) and the same wiring (GPU queue, cancel, unload, schedule).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pusa_core.requests import Request, Settings
+from ui.form import build_settings, shared_values, skip_missing
+from ui.runner import GPU_QUEUE, Outputs, Runner
+from ui.schedule_plot import schedule_html
+from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_reuse_seed
+
+# What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
+SchedulePlan = tuple[Any, Any, list[str] | None]
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """A tab's own components, created by its ``inputs`` function inside the tab's input column."""
+
+    components: dict[str, gr.components.Component]  # handler parameter name -> component, in API order
+    examples: list[list[Any]] = field(default_factory=list)  # rows over ``example_names``
+    example_names: tuple[str, ...] = ()
+    example_labels: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything that differs between tabs."""
+
+    task: str
+    label: str
+    doc: str  # the endpoint's description for API users
+    inputs: Callable[[Settings, float, Path], TaskInputs]
+    to_request: Callable[[dict[str, Any], Settings], Request]
+    schedule: Callable[[dict[str, Any]], SchedulePlan]
+    schedule_names: tuple[str, ...] = ()  # task inputs the picture depends on (frames and fps always)
+    saved_values: Callable[[dict[str, Any], Callable[[Any], Path | None]], dict[str, Any]] = lambda data, find: {}
+
+
+@dataclass(frozen=True)
+class TabForm:
+    """What the app shell needs from a built tab: fill it from saved settings and model defaults."""
+
+    spec: TaskSpec
+    names: tuple[str, ...]  # every handler parameter, in order
+    components: tuple[gr.components.Component, ...]
+    controls: SharedControls
+    noise_multiplier: gr.components.Component | None
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def fill_values(self, data: dict[str, Any], find_input: Callable[[Any], Path | None]) -> tuple[list[Any], bool]:
+        """Form values from saved settings, and whether some recorded media could not be brought back."""
+        values = {**self.spec.saved_values(data, find_input), **shared_values(data.get("settings", {}))}
+        media = [name for name in ("image", "images", "video") if name in self.names and name in data]
+        return skip_missing(self.names, values), any(name not in values for name in media)
+
+    def default_targets(self) -> list[gr.components.Component]:
+        extra = [self.noise_multiplier] if self.noise_multiplier is not None else []
+        return [*self.controls.model_default_targets(), *extra]
+
+    def default_updates(self, defaults: Settings, noise_multiplier: float) -> list[Any]:
+        extra = [gr.update(value=noise_multiplier)] if self.noise_multiplier is not None else []
+        return [*self.controls.model_default_updates(defaults), *extra]
+
+
+def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[..., Any]:
+    """One async handler whose signature names ``names``, so gradio_client callers pass them by keyword."""
+    count = len(names)
+
+    async def handler(*args: Any) -> Outputs:
+        values = dict(zip(names, args[:count]))
+        request, progress = args[count], args[count + 1]
+
+        def build() -> Request:
+            return spec.to_request(values, build_settings(values))
+
+        return await runner.generate(build, request.session_hash if request else None, progress)
+
+    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    parameters += [
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+        inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+    ]
+    handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    handler.__annotations__ = {"request": gr.Request}
+    handler.__name__ = handler.__qualname__ = f"generate_{spec.task}"
+    handler.__doc__ = f"{spec.doc} Returns (video, settings JSON, seed used, message)."
+    return handler
+
+
+def _draw(spec: TaskSpec, values: dict[str, Any], frames: Any, fps: Any) -> str:
+    positions, multipliers, sources = spec.schedule(values)
+    return schedule_html(frames, positions, multipliers, fps, sources=sources)
+
+
+def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TabForm:
+    """Render ``spec``'s tab in the current ``gr.Tab`` and wire it to ``runner``."""
+    with gr.Row():
+        with gr.Column():
+            own = spec.inputs(defaults, noise_multiplier, examples_dir)
+            if own.examples:
+                gr.Examples(
+                    examples=own.examples,
+                    inputs=[own.components[name] for name in own.example_names],
+                    example_labels=own.example_labels,
+                    label="Examples (fill the form; press Generate to run)",
+                    cache_examples=False,
+                    run_on_click=False,
+                )
+            initial = {name: own.components[name].value for name in spec.schedule_names}
+            schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
+            controls = shared_controls(defaults)
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
+                cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
+        with gr.Column():
+            panel = output_panel(spec.task)
+
+    shared = dict(zip(SHARED_NAMES, controls.inputs()))
+    names = (*own.components, *SHARED_NAMES)
+    components = tuple({**own.components, **shared}.values())
+    busy = [gr.update(interactive=False), gr.update(interactive=True)]
+    idle = [gr.update(interactive=True), gr.update(interactive=False)]
+    started = generate.click(lambda: busy, None, [generate, cancel], queue=False, api_visibility="private")
+    job = started.then(
+        _handler(spec, names, runner), list(components), panel.outputs(),
+        api_name=spec.task, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+    )
+    job.then(lambda: idle, None, [generate, cancel], queue=False, api_visibility="private")
+
+    def cancel_job(request: gr.Request) -> str:
+        """Stop this session's running job at its next denoising step."""
+        return runner.cancel(request.session_hash if request else None)
+
+    public = {"api_name": "cancel"} if spec.task == "t2v" else {"api_visibility": "private"}
+    cancel.click(cancel_job, None, panel.message, concurrency_limit=None, **public)
+    wire_reuse_seed(panel, controls)
+
+    schedule_inputs = [*(own.components[n] for n in spec.schedule_names), controls.frames, controls.fps]
+
+    def draw(*values: Any) -> str:
+        return _draw(spec, dict(zip(spec.schedule_names, values)), values[-2], values[-1])
+
+    for trigger in schedule_inputs:
+        trigger.change(draw, schedule_inputs, schedule, queue=False, api_visibility="private")
+    noise = own.components.get("noise_multiplier")
+    return TabForm(spec, names, components, controls, noise)

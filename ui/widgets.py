@@ -1,0 +1,208 @@
+"""Widgets every tab shares: the settings accordion, the output panel, and inputs that leave checks to the engine.
+
+Gradio checks a slider's range and opens an uploaded image before the handler runs, and answers a bad
+value with its own message ("Value 0 is less than minimum value 1.", or a traceback naming a server
+temp path). The subclasses here pass the raw value on, so every refusal is the engine's: it names
+the field and the fix, and the limits are the ones in :mod:`pusa_core.facts`, shown by the sliders too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pusa_core import facts
+from pusa_core.requests import DEFAULT_NEGATIVE_PROMPT, Settings
+
+SIZE_PRESETS: tuple[tuple[str, str], ...] = (
+    ("832x480 · landscape (Wan's size)", "832x480"),
+    ("480x832 · portrait", "480x832"),
+    ("1280x720 · landscape HD", "1280x720"),
+    ("720x1280 · portrait HD", "720x1280"),
+    ("624x624 · square", "624x624"),
+)
+FIT_CHOICES = [("Crop to fill", "crop"), ("Pad with black bars", "pad")]
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp"]
+VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv"]
+
+
+class EngineCheckedSlider(gr.Slider):
+    """A slider whose value reaches the engine as sent, so an API caller's 0 or 1000 gets the engine's message."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class EngineCheckedNumber(gr.Number):
+    """A number box that passes None, strings and NaN on for the engine to refuse by field name."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class EngineCheckedRadio(gr.Radio):
+    """A radio whose unknown values reach the engine, which names the field and the choices."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ImageUpload(gr.Image):
+    """An image upload handed on as the cached file's path, unopened: the engine reads it within its limits."""
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is None or getattr(payload, "path", None) is None:
+            return super().preprocess(payload)
+        return str(payload.path)
+
+
+def limit_slider(limit: facts.Limit, value: float, label: str, info: str, **kwargs: Any) -> EngineCheckedSlider:
+    return EngineCheckedSlider(
+        limit.low, limit.high, value=value, step=limit.step, label=label, info=info,
+        precision=0 if limit.whole else None, **kwargs,
+    )
+
+
+def size_text(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def size_choices(defaults: Settings) -> list[tuple[str, str]]:
+    """The presets, with the model's own size first when it is not one of them (the small model's)."""
+    own = size_text(defaults.width, defaults.height)
+    if any(value == own for _, value in SIZE_PRESETS):
+        return list(SIZE_PRESETS)
+    return [(f"{own} · this model's own size", own), *SIZE_PRESETS]
+
+
+# Order of the shared values in every handler's signature, after the task's own inputs.
+SHARED_NAMES = ("negative_prompt", "seed", "randomize_seed", "steps", "cfg", "lora_alpha", "size", "fit", "frames", "fps")
+
+
+@dataclass(frozen=True)
+class SharedControls:
+    """The settings accordion of one tab."""
+
+    negative_prompt: gr.Textbox
+    seed: gr.Number
+    randomize_seed: gr.Checkbox
+    steps: gr.Slider
+    cfg: gr.Slider
+    lora_alpha: gr.Slider
+    size: gr.Dropdown
+    fit: gr.Radio
+    frames: gr.Slider
+    fps: gr.Slider
+    memory: gr.Markdown
+
+    def inputs(self) -> list[gr.components.Component]:
+        """In :data:`SHARED_NAMES` order."""
+        return [getattr(self, name) for name in SHARED_NAMES]
+
+    def model_default_targets(self) -> list[gr.components.Component]:
+        """What changes when the model's own defaults become known."""
+        return [self.steps, self.cfg, self.lora_alpha, self.size, self.frames, self.fps]
+
+    def model_default_updates(self, defaults: Settings) -> list[Any]:
+        return [
+            gr.update(value=defaults.steps),
+            gr.update(value=defaults.cfg),
+            gr.update(value=defaults.lora_alpha),
+            gr.update(choices=size_choices(defaults), value=size_text(defaults.width, defaults.height)),
+            gr.update(value=defaults.num_frames),
+            gr.update(value=defaults.fps),
+        ]
+
+
+def prompt_box(placeholder: str, value: str = "") -> gr.Textbox:
+    return gr.Textbox(
+        label="Prompt", value=value, placeholder=placeholder, lines=3, max_lines=8, max_length=facts.MAX_PROMPT_CHARS
+    )
+
+
+def shared_controls(defaults: Settings) -> SharedControls:
+    """The settings accordion; rendered where it is called."""
+    # Steps and alpha are what users change most, so they stay in view; the rest folds away.
+    with gr.Row():
+        steps = limit_slider(
+            facts.STEPS, defaults.steps, "Inference steps",
+            f"More steps, finer detail, longer wait ({facts.DEFAULT_STEPS} is Pusa's default)",
+        )
+        lora_alpha = limit_slider(
+            facts.LORA_ALPHA, defaults.lora_alpha, "LoRA alpha",
+            f"Strength of the Pusa LoRA ({facts.DEFAULT_ALPHA:g} is Pusa's default): too low and the conditioning "
+            "frames are ignored (plain Wan), too high and motion stiffens and colours burn",
+        )
+    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False):
+        with gr.Row():
+            size = gr.Dropdown(
+                size_choices(defaults),
+                value=size_text(defaults.width, defaults.height),
+                label="Size (width x height)",
+                info=f"A preset, or type your own WIDTHxHEIGHT (multiples of {facts.SIZE_MULTIPLE})",
+                allow_custom_value=True,
+            )
+            fit = EngineCheckedRadio(
+                FIT_CHOICES, value=defaults.fit, label="Fit input images/video", info="Inputs of another shape are cropped or padded"
+            )
+        with gr.Row():
+            frames = limit_slider(
+                facts.FRAMES, defaults.num_frames, "Frames",
+                f"4k+1 frames ({facts.DEFAULT_FRAMES} = {facts.DEFAULT_FRAMES / facts.DEFAULT_FPS:.0f} s at {facts.DEFAULT_FPS} fps)",
+            )
+            fps = limit_slider(facts.FPS, defaults.fps, "Frames per second", f"Wan's native rate is {facts.DEFAULT_FPS}")
+        with gr.Row():
+            cfg = limit_slider(
+                facts.CFG, defaults.cfg, "Guidance (CFG)",
+                "How closely the video follows the prompt: 1 turns guidance off (twice as fast), high values oversaturate",
+            )
+            seed = EngineCheckedNumber(value=0, precision=0, label="Seed", info="Used when 'Random seed' is off")
+            randomize_seed = gr.Checkbox(value=True, label="Random seed", info="The seed used is shown with the video and saved")
+        negative_prompt = gr.Textbox(
+            label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, max_lines=6, max_length=facts.MAX_PROMPT_CHARS
+        )
+    memory = gr.Markdown()
+    return SharedControls(negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, memory)
+
+
+@dataclass(frozen=True)
+class OutputPanel:
+    """Where a tab shows its result."""
+
+    video: gr.Video
+    settings_file: gr.File
+    seed_used: gr.Number
+    message: gr.Markdown
+    reuse_seed: gr.Button
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.video, self.settings_file, self.seed_used, self.message]
+
+
+def output_panel(task: str) -> OutputPanel:
+    video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=420, elem_id=f"{task}-video")
+    with gr.Row():
+        seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+        reuse_seed = gr.Button("Use this seed", size="md", interactive=False, elem_id=f"{task}-reuse-seed")
+    settings_file = gr.File(label="Settings JSON", interactive=False)
+    message = gr.Markdown(label="Message", elem_id=f"{task}-message")
+    return OutputPanel(video, settings_file, seed_used, message, reuse_seed)
+
+
+def wire_reuse_seed(panel: OutputPanel, controls: SharedControls) -> None:
+    """'Use this seed' copies the seed of the last video into the form; it is enabled only once there is one."""
+
+    def reuse(seed: int | None) -> tuple[Any, Any]:
+        if seed is None:
+            raise gr.Error("Seed used: there is no video yet; generate one first.", title="No seed yet")
+        return seed, False
+
+    panel.seed_used.change(
+        lambda seed: gr.update(interactive=seed is not None), panel.seed_used, panel.reuse_seed,
+        queue=False, api_visibility="private",
+    )
+    panel.reuse_seed.click(
+        reuse, [panel.seed_used], [controls.seed, controls.randomize_seed], queue=False, api_visibility="private"
+    )
