@@ -2,7 +2,8 @@
 
 Reads everything from the file: a Pusa file (metadata key ``pusa_golden``: transformer + LoRA + sampler
 cases) or a Wan T5 file (``wan_t5_golden``). Weights go through the same loaders users go through.
-Prints the max abs difference per item and exits 1 if any exceeds the tolerance.
+Prints the max abs difference per item and exits 1 if any exceeds the tolerance. The repository's own
+files are ``tests/golden/*.safetensors`` (format in ``tests/golden/README.md``).
 """
 
 from __future__ import annotations

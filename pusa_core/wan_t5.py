@@ -210,7 +210,7 @@ def load_wan_t5_encoder(
 def check_wan_t5_golden(path: str | Path) -> dict[str, float]:
     """Max abs difference between our converted encoder and Wan's own, from a golden file.
 
-    The file (format in ``shared/golden/README.md``) carries its sizes in the ``wan_t5_golden``
+    The file (format in ``tests/golden/README.md``) carries its sizes in the ``wan_t5_golden``
     metadata, Wan-layout weights under ``t5.``, ``input_ids``, ``attention_mask`` and Wan's
     ``last_hidden_state``. Only positions with ``attention_mask == 1`` are compared.
     """

@@ -1,9 +1,8 @@
-"""Shared fixtures: golden files from ../shared/golden and tiny models built on the fly."""
+"""Shared fixtures: the golden files in tests/golden and tiny models built on the fly."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,20 @@ from pusa_core.engine import Engine
 from pusa_core.tiny_models import random_tiny_components
 from pusa_core.verify import golden_transformer_config
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+# In the repository, so every clone (and any fork's CI) runs the parity tests with nothing beside it.
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 PUSA_GOLDEN = GOLDEN_DIR / "pusa_golden_v1.safetensors"
+WAN_T5_GOLDEN = GOLDEN_DIR / "wan_t5_golden_v1.safetensors"
+GOLDEN_FILES = (PUSA_GOLDEN, WAN_T5_GOLDEN)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def require_golden(path: Path) -> Path:
-    """The golden file, or a skip on a developer machine without it; in CI (CI set) its absence fails."""
+    """The golden file; its absence fails the test (a skip would hide a parity test that never ran)."""
     if not path.is_file():
-        message = f"golden file not found at {path} (shared/ must sit beside the project root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"golden file not found at {path}: it is part of the repository (tests/golden/); "
+                    "restore it with `git checkout -- tests/golden`", pytrace=False)
     return path
 
 

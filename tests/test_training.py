@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ from pusa_core.training import evaluate, make_tiny, train
 from pusa_core.training.data import DIRECTIONS, OBJECT_COLOURS, caption, make_clip, vocabulary
 from pusa_core.training.fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
 from pusa_core.training.cache import LatentCache
-from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, to_pusa_layout
+from pusa_core.training.lora_layout import DIFFUSERS_TO_WAN, pusa_lora_state_dict, to_pusa_layout
 from pusa_core.training.tracking import intact, linear_fit_rms, track
 from pusa_core.training.train import TransformerConfig, VaeConfig, latent_mask, lone_frame_latents, train_transformer, vae_loss
 from pusa_core.tiny_models import SMALL_VAE, TINY_TRANSFORMER, tiny_transformer, tiny_vae
@@ -396,6 +397,57 @@ def test_train_cli_runs_every_stage_at_toy_size(tiny_dir, tmp_path) -> None:
                 "--batch", "2", "--warmup", "1", "--object-weight", "4", "--out", str(lora)])
     assert json.loads((lora / "lora_record.json").read_text())["args"]["object_weight"] == 4
     assert any("lora_A" in key for key in load_file(lora / "pusa_lora.safetensors"))
+
+
+def _lora_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A toy latent cache and a saved tiny base transformer for the ``lora`` stage."""
+    g = torch.Generator().manual_seed(0)
+    cache = tmp_path / "cache.safetensors"
+    LatentCache(torch.randn(4, 16, 3, 4, 4, generator=g), torch.randn(4, 4, 32, generator=g),
+                torch.randn(1, 4, 32, generator=g)).save(cache)
+    tiny_transformer(0).save_pretrained(tmp_path / "base")
+    return cache, tmp_path / "base"
+
+
+def test_lora_cli_trains_with_the_fafm_mixes_it_parses(tmp_path) -> None:
+    """The CLI's LoRA equals the one trained from a config with these mixes, and differs from one without a prefix mix."""
+    from safetensors.torch import load_file
+
+    cache, base = _lora_run(tmp_path)
+    mixes = dict(clean_prob=0.3, sync_prob=0.2, prefix_prob=0.9)
+    train.main(["lora", "--cache", str(cache), "--transformer", str(base), "--rank", "2", "--steps", "2", "--batch", "2",
+                "--warmup", "1", "--clean-prob", "0.3", "--sync-prob", "0.2", "--prefix-prob", "0.9",
+                "--out", str(tmp_path / "cli")])
+    cli = load_file(tmp_path / "cli" / train.LORA_FILE)
+
+    def trained(**fafm: float) -> dict[str, torch.Tensor]:
+        config = TransformerConfig(out=tmp_path / "api", steps=2, batch=2, warmup=1, per_frame=True, rank=2, **fafm)
+        transformer, _ = train_transformer(config, LatentCache.load(cache), PusaTransformer3DModel.from_pretrained(base),
+                                           Accelerator())
+        return pusa_lora_state_dict(transformer)
+
+    expected, without_prefix = trained(**mixes), trained(**{**mixes, "prefix_prob": 0.0})
+    assert cli.keys() == expected.keys()
+    assert all(torch.equal(cli[k], expected[k]) for k in cli)
+    assert not all(torch.equal(cli[k], without_prefix[k]) for k in cli)
+    record = json.loads((tmp_path / "cli" / "lora_record.json").read_text())
+    assert {k: record["config"][k] for k in mixes} == mixes and record["config"]["per_frame"] is True
+
+
+def test_every_train_flag_is_a_config_field_or_a_stage_input() -> None:
+    """Flags reach the config by name: each one a stage parses is a field of its config or listed here as an input."""
+    required = {"vae": [], "encode": ["--model-dir", "m"], "base": ["--cache", "c", "--config", "j"],
+                "lora": ["--cache", "c", "--transformer", "t"]}
+    config_type = {"vae": VaeConfig, "encode": None, "base": TransformerConfig, "lora": TransformerConfig}
+    inputs = {"vae": {"base_dim", "init", "stats_clips", "mixed_precision"},
+              "encode": {"model_dir", "clips", "max_sequence_length", "out"},
+              "base": {"cache", "config", "mixed_precision"}, "lora": {"cache", "transformer", "mixed_precision"}}
+    parsed = {stage: set(vars(train._parser().parse_args([stage, *argv, "--out", "o"]))) - {"stage"}
+              for stage, argv in required.items()}
+    for stage, flags in parsed.items():
+        fields = {f.name for f in dataclasses.fields(config_type[stage])} if config_type[stage] else set()
+        assert flags - fields == inputs[stage], stage
+    assert {"rank", "clean_prob", "sync_prob", "prefix_prob"} <= parsed["lora"]
 
 
 def test_object_weight_needs_a_cache_with_weights(tmp_path) -> None:

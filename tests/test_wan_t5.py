@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import UMT5EncoderModel
 
-from conftest import GOLDEN_DIR, require_golden
+from conftest import WAN_T5_GOLDEN, require_golden
 from pusa_core.wan_t5 import (
     UMT5_XXL_WAN,
     check_wan_t5_golden,
@@ -43,7 +43,7 @@ def wan_state_dict(sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tens
 
 
 def test_golden_parity() -> None:
-    path = require_golden(GOLDEN_DIR / "wan_t5_golden_v1.safetensors")
+    path = require_golden(WAN_T5_GOLDEN)
     diffs = check_wan_t5_golden(path)
     assert set(diffs) == {"last_hidden_state"}
     assert diffs["last_hidden_state"] < 1e-4

@@ -13,6 +13,7 @@ recipe for any Wan2.1-T2V transformer in diffusers format, the 14B included:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -369,7 +370,17 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _accelerator(args: argparse.Namespace) -> Accelerator:
-    return Accelerator(gradient_accumulation_steps=getattr(args, "grad_accum", 1), mixed_precision=args.mixed_precision)
+    return Accelerator(gradient_accumulation_steps=getattr(args, "grad_accum", 1),
+                       mixed_precision=getattr(args, "mixed_precision", "no"))
+
+
+def _config_from_args(config_type: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """``config_type`` with every parsed flag named like one of its fields, plus ``fixed``.
+
+    Flags reach the config by name, so a flag added to a stage cannot be parsed and then left out.
+    """
+    names = {f.name for f in dataclasses.fields(config_type)}
+    return config_type(**{k: v for k, v in vars(args).items() if k in names}, **fixed)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -427,10 +438,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--prefix-prob", type=float, default=0.0,
                            help="share of samples whose first 1..F-1 latent frames are clean (I2V and extension)")
 
-    for p in stages.choices.values():
+    for name, p in stages.choices.items():
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+        if name != "encode":  # encoding is deterministic (clip seeds 0..clips-1) and runs in float32
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     return parser
 
 
@@ -439,10 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     accelerator = _accelerator(args)
     start = time.perf_counter()
     if args.stage == "vae":
-        config = VaeConfig(out=args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                           object_weight=args.object_weight, lone_weight=args.lone_weight, swap_prob=args.swap_prob,
-                           crop=args.crop, decoder_only=args.decoder_only, first_frame_weight=args.first_frame_weight,
-                           vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
+        config = _config_from_args(VaeConfig, args, vae_overrides={**SMALL_VAE, "base_dim": args.base_dim})
         init = None
         if args.decoder_only and args.init is None:
             raise SystemExit("--decoder-only needs --init: a trained VAE whose decoder to fine-tune")
@@ -462,19 +471,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir / "tokenizer")
         text_encoder = UMT5EncoderModel.from_pretrained(args.model_dir / "text_encoder").eval()
         encode_clips(vae, tokenizer, text_encoder, list(range(args.clips)), args.max_sequence_length).save(args.out)
-        losses = []
+        config, losses = None, []
     else:
         cache = LatentCache.load(args.cache)
-        common = dict(out=args.out, steps=args.steps, batch=args.batch, grad_accum=args.grad_accum, lr=args.lr,
-                      warmup=args.warmup, shift=args.shift, caption_dropout=args.caption_dropout,
-                      gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-                      object_weight=args.object_weight, resume=args.resume, seed=args.seed)
         if args.stage == "base":
-            config = TransformerConfig(**common)
+            config = _config_from_args(TransformerConfig, args)
             transformer = PusaTransformer3DModel(**json.loads(args.config.read_text()))
         else:
-            config = TransformerConfig(**common, per_frame=True, rank=args.rank, clean_prob=args.clean_prob,
-                                       sync_prob=args.sync_prob)
+            config = _config_from_args(TransformerConfig, args, per_frame=True)
             # The 14B is read in bf16 when training in bf16: a float32 copy per process would not fit in RAM.
             dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
             transformer = PusaTransformer3DModel.from_pretrained(args.transformer, torch_dtype=dtype)
@@ -482,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         save_transformer_outputs(config, transformer, accelerator)
     if accelerator.is_main_process:
         record = {"stage": args.stage, "seconds": time.perf_counter() - start, "final_loss": losses[-1] if losses else None,
-                  "args": vars(args)}
+                  "args": vars(args), "config": dataclasses.asdict(config) if config is not None else None}
         write_json(Path(args.out if args.out.suffix == "" else args.out.parent) / f"{args.stage}_record.json", record)
 
 
