@@ -1,7 +1,11 @@
 """Pusa Studio: ``python app.py`` serves the app on http://127.0.0.1:7860.
 
 Flags (each also read from an environment variable, flags win):
-  --host / PUSA_HOST (127.0.0.1)          --port / PUSA_PORT (7860)        --share (off)
+  --host / PUSA_HOST (GRADIO_SERVER_NAME when set, as on a Space; else 127.0.0.1)
+  --port / PUSA_PORT (GRADIO_SERVER_PORT when set; else 7860)      --share (off)
+  --auth USER:PASSWORD / PUSA_AUTH (off)     --max-upload-mb / PUSA_MAX_UPLOAD_MB (200)
+  --max-queue / PUSA_MAX_QUEUE (20)          --max-job-seconds / PUSA_MAX_JOB_SECONDS (no limit)
+  --keep-outputs N / PUSA_KEEP_OUTPUTS       --keep-days D / PUSA_KEEP_DAYS (keep everything)
   --weights-dir / PUSA_WEIGHTS_DIR (weights)  --base-dir / PUSA_BASE_DIR   --lora / PUSA_LORA
   --model / PUSA_MODEL {auto,pusa-14b,pusa-tiny,random-tiny} (auto)
   --placement / PUSA_PLACEMENT {shard,single,offload,cpu}   --fp8 / PUSA_FP8=1
@@ -19,13 +23,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # First: on a ZeroGPU Space, `spaces` must be imported before torch initialises CUDA.
 import ui.zerogpu  # noqa: F401  isort: skip
 
 import gradio as gr
 
+from pusa_core import facts
 from pusa_core.engine import Engine
+from pusa_core.outputs import Retention
 from pusa_core.placement import ENV_VAR as PLACEMENT_ENV
 from pusa_core.placement import KINDS as PLACEMENT_KINDS
 from pusa_core.tiny_models import random_tiny_components
@@ -35,16 +42,74 @@ from ui.blocks import build_app
 RANDOM_TINY = "random-tiny"
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_QUEUE = 20
+
+
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
 
 
+def _env(*names: str) -> str | None:
+    """The first of ``names`` set (and not empty) in the environment."""
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+def _auth(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("must be USER:PASSWORD, both parts non-empty")
+    return user, password
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Pusa Studio: Pusa V1.0 video generation in the browser.")
-    parser.add_argument("--host", default=os.environ.get("PUSA_HOST", "127.0.0.1"), help="address to serve on (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PUSA_PORT", "7860")))
+    parser.add_argument(
+        "--host", default=_env("PUSA_HOST", "GRADIO_SERVER_NAME") or DEFAULT_HOST,
+        help="address to serve on (0.0.0.0 for all); default GRADIO_SERVER_NAME when set, else 127.0.0.1",
+    )
+    parser.add_argument("--port", type=int, default=_env("PUSA_PORT", "GRADIO_SERVER_PORT") or DEFAULT_PORT)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument(
+        "--auth", type=_auth, default=_env("PUSA_AUTH"), metavar="USER:PASSWORD",
+        help="ask for this login before the page or the API answers (env PUSA_AUTH)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=_positive(int), default=_env("PUSA_MAX_UPLOAD_MB") or facts.MAX_UPLOAD_MB,
+        help=f"largest upload accepted, in MB (default {facts.MAX_UPLOAD_MB})",
+    )
+    parser.add_argument(
+        "--max-queue", type=_positive(int), default=_env("PUSA_MAX_QUEUE") or DEFAULT_MAX_QUEUE,
+        help=f"jobs that may wait at once; more get 'queue full, try again' (default {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--max-job-seconds", type=_positive(float), default=_env("PUSA_MAX_JOB_SECONDS"),
+        help="stop a job that runs longer than this, with a message; the app stays ready (default: no limit)",
+    )
+    parser.add_argument(
+        "--keep-outputs", type=_positive(int), default=_env("PUSA_KEEP_OUTPUTS"), metavar="N",
+        help="keep only the newest N videos in the output folder (default: keep all)",
+    )
+    parser.add_argument(
+        "--keep-days", type=_positive(float), default=_env("PUSA_KEEP_DAYS"), metavar="D",
+        help="delete videos older than D days from the output folder (default: keep all)",
+    )
     parser.add_argument("--weights-dir", type=Path, default=_env_path("PUSA_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
     parser.add_argument("--base-dir", type=Path, default=_env_path("PUSA_BASE_DIR"), help="a Wan2.1-T2V-14B folder (diffusers or original layout)")
     parser.add_argument("--lora", type=Path, default=_env_path("PUSA_LORA"), help="the Pusa V1 LoRA file (pusa_v1.pt)")
@@ -81,10 +146,15 @@ def random_model_notice(reason: str) -> str:
     )
 
 
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every engine takes from the flags: where outputs go and how long they are kept."""
+    return {"output_dir": args.output_dir, "retention": Retention(args.keep_outputs, args.keep_days)}
+
+
 def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for the chosen model, and the notice the page shows about it (empty for the real model)."""
     if args.model == RANDOM_TINY:
-        return Engine.from_components(random_tiny_components(), output_dir=args.output_dir), random_model_notice(
+        return Engine.from_components(random_tiny_components(), **engine_options(args)), random_model_notice(
             "Chosen with --model random-tiny."
         )
     report = preflight(args.weights_dir, args.base_dir, args.lora)
@@ -96,24 +166,27 @@ def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         if explicit:
             raise
         # Nothing on disk at all: the app still starts, on a model built from configs, and says so.
-        return Engine.from_components(random_tiny_components(), output_dir=args.output_dir), random_model_notice(
+        return Engine.from_components(random_tiny_components(), **engine_options(args)), random_model_notice(
             f"No model was found. {report.summary}" + (f"\n\n```bash\n{report.fetch_command}\n```" if report.fetch_command else "")
         )
     # No --placement: the engine chooses for this machine (PUSA_PLACEMENT is read there too).
-    engine = Engine.from_source(source, output_dir=args.output_dir, placement=args.placement, fp8=args.fp8)
+    engine = Engine.from_source(source, placement=args.placement, fp8=args.fp8, **engine_options(args))
     notice = small_model_notice(report.summary, report.fetch_command) if source.is_small else ""
     return engine, notice
 
 
-def launch(demo: gr.Blocks, host: str, port: int, output_dir: Path, share: bool = False, block: bool = True) -> None:
-    """Serve ``demo``; the GPU queue is shared by all tabs (see ui.runner.GPU_QUEUE)."""
-    demo.queue(default_concurrency_limit=1)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+def launch(demo: gr.Blocks, args: argparse.Namespace, block: bool = True) -> None:
+    """Serve ``demo`` as the flags say; the GPU queue is shared by all tabs (see ui.runner.GPU_QUEUE)."""
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        allowed_paths=[str(Path(output_dir).resolve())],
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=args.auth,
+        max_file_size=f"{args.max_upload_mb}mb",
+        allowed_paths=[str(output_dir.resolve())],
         prevent_thread_lock=not block,
         show_error=True,
     )
@@ -126,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except WeightsError as err:
         sys.exit(f"pusa studio: {err}")
     engine.start()
-    launch(build_app(engine, notice), args.host, args.port, args.output_dir, share=args.share)
+    launch(build_app(engine, notice), args)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from .memory import JobSize, PlanOptions
 from .placement import Placement, StageDevices, apply_placement, apply_vae_tiling, choose_placement, detect_gpus, plan_job
 from .outputs import OutputFolder, Retention
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
-from .requests import ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
+from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import StepReport, sample
-from .text import encode_prompts
+from .text import encode_prompts, token_count
 from .weights import ModelSource
 
 # Share of a job's wall time each phase is expected to take, for one progress bar across phases.
@@ -70,6 +70,7 @@ class GenerationResult:
     num_frames: int
     width: int
     height: int
+    notes: tuple[str, ...] = ()  # things the user should know about this job (e.g. a prompt cut to fit)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ class Engine:
             progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
 
         report("prompt", 0.0, "encoding prompt")
+        notes = self._prompt_notes(c, s)
         positive = self._embed(c, s.prompt, devices.text_device).to(device)
         negative = self._embed(c, s.negative_prompt, devices.text_device).to(device) if s.cfg != 1.0 else None
 
@@ -288,8 +290,27 @@ class Engine:
         self.outputs.prune()
         report("write", 1.0, "done")
         return GenerationResult(
-            video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height
+            video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height,
+            notes,
         )
+
+    @staticmethod
+    def _prompt_notes(c: PusaComponents, s: Settings) -> tuple[str, ...]:
+        """Say when a prompt is longer than the text encoder reads: it is cut, not refused.
+
+        The stock negative prompt is left out: it is cut on small models by design, every job.
+        """
+        notes = []
+        own_negative = s.cfg != 1.0 and s.negative_prompt != DEFAULT_NEGATIVE_PROMPT
+        prompts = [("Prompt", s.prompt)] + ([("Negative prompt", s.negative_prompt)] if own_negative else [])
+        for label, text in prompts:
+            count = token_count(c.tokenizer, text)
+            if count > c.max_sequence_length:
+                notes.append(
+                    f"{label}: {count} tokens, but the text encoder reads {c.max_sequence_length}; "
+                    f"only the first {c.max_sequence_length} were used"
+                )
+        return tuple(notes)
 
     def _embed(self, c: PusaComponents, prompt: str, device: torch.device) -> torch.Tensor:
         key = (prompt, c.max_sequence_length)

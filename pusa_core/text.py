@@ -11,6 +11,11 @@ from transformers import PreTrainedTokenizerBase
 from .facts import TEXT_TOKENS as MAX_SEQUENCE_LENGTH
 
 
+def token_count(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
+    """Tokens the encoder would need for ``prompt`` whole (cleaned as for encoding, special tokens included)."""
+    return len(tokenizer(prompt_clean(prompt), add_special_tokens=True).input_ids)
+
+
 @torch.no_grad()
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase,

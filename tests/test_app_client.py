@@ -9,11 +9,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -31,30 +29,7 @@ from ui.runner import GPU_QUEUE, progress_text
 from ui.schedule_plot import schedule_html
 from ui.v2v import completion_plan, extension_plan
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-SMALL = {"size": "96x64", "frames": 9, "steps": 2}  # width != height so a swap would show
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    client: Client
-    engine: Engine
-    output_dir: Path
-    url: str
-
-
-def serve(engine: Engine, output_dir: Path) -> tuple[object, str]:
-    demo = build_app(engine)
-    port = free_port()
-    app_module.launch(demo, "127.0.0.1", port, output_dir, block=False)
-    return demo, f"http://127.0.0.1:{port}/"
+from tests.support.server import EXAMPLES, SMALL, Server, serve, task_inputs
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +52,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "notes.mp4").write_text("this is not a video")
     write_mp4(np.full((3, 64, 96, 3), 128, np.uint8), folder / "short.mp4", 8)
     return {"fake_image": folder / "notes.png", "fake_video": folder / "notes.mp4", "short_video": folder / "short.mp4"}
-
-
-def task_inputs(task: str) -> dict:
-    if task == "i2v":
-        return {"image": handle_file(EXAMPLES / "sunset.png"), "prompt": "the sun sets over the sea"}
-    if task == "multiframe":
-        images = [handle_file(EXAMPLES / "ball_start.png"), handle_file(EXAMPLES / "ball_end.png")]
-        return {"images": images, "prompt": "a red ball rolls", "positions": "0,2", "multipliers": "0.2,0.5"}
-    if task == "v2v":
-        video = handle_file(EXAMPLES / "square.mp4")
-        return {"video": video, "prompt": "a blue square moves", "positions": "0,1", "multipliers": "0.0,0.3"}
-    return {"prompt": "a red ball bounces on the grass"}
 
 
 def codec_line(path: Path) -> str:

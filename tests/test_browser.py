@@ -52,7 +52,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app_module.launch(demo, "127.0.0.1", port, output_dir, block=False)
+    app_module.launch(demo, app_module.parse_args(["--host", "127.0.0.1", "--port", str(port), "--output-dir", str(output_dir)]), block=False)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

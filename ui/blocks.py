@@ -24,6 +24,8 @@ SPECS = (i2v.SPEC, multiframe.SPEC, v2v.SPEC, t2v.SPEC)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 POLL_SECONDS = 1.0
+# Gradio's cache of uploads and served files: every hour, drop what is older than a day.
+CACHE_CLEANUP = (3600, 86400)
 INTRO = (
     "# Pusa Studio\n"
     "Video generation with [Pusa V1.0](https://huggingface.co/RaphaelLiu/PusaV1): every latent frame gets its own "
@@ -94,7 +96,7 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
     status = engine.status()
     defaults = engine.defaults()
     noise_multiplier = engine.default_noise_multiplier()
-    with gr.Blocks(title="Pusa Studio") as demo:
+    with gr.Blocks(title="Pusa Studio", delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(INTRO)
         if notice:
             gr.Markdown(notice, elem_id="model-notice")

@@ -94,10 +94,11 @@ def progress_text(p: Progress) -> str:
 
 
 def describe_result(result: GenerationResult, fps: int | float) -> str:
-    return (
+    done = (
         f"Done in {result.seconds:.1f} s: {result.num_frames} frames of {result.width}x{result.height} at {fps:g} fps "
-        f"({result.num_frames / fps:.1f} s), seed {result.seed}. Saved as `{result.video_path}`."
+        f"({result.num_frames / fps:.1f} s), seed {result.seed}. Saved as `{result.video_path.name}`."
     )
+    return " ".join([done, *(f"{note}." for note in result.notes)])
 
 
 @dataclass

@@ -31,12 +31,16 @@ VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv"]
 class EngineCheckedSlider(gr.Slider):
     """A slider whose value reaches the engine as sent, so an API caller's 0 or 1000 gets the engine's message."""
 
+    is_template = True  # rendered by the parent's front-end component
+
     def preprocess(self, payload: Any) -> Any:
         return payload
 
 
 class EngineCheckedNumber(gr.Number):
     """A number box that passes None, strings and NaN on for the engine to refuse by field name."""
+
+    is_template = True  # rendered by the parent's front-end component
 
     def preprocess(self, payload: Any) -> Any:
         return payload
@@ -45,12 +49,16 @@ class EngineCheckedNumber(gr.Number):
 class EngineCheckedRadio(gr.Radio):
     """A radio whose unknown values reach the engine, which names the field and the choices."""
 
+    is_template = True  # rendered by the parent's front-end component
+
     def preprocess(self, payload: Any) -> Any:
         return payload
 
 
 class ImageUpload(gr.Image):
     """An image upload handed on as the cached file's path, unopened: the engine reads it within its limits."""
+
+    is_template = True  # rendered by the parent's front-end component
 
     def preprocess(self, payload: Any) -> Any:
         if payload is None or getattr(payload, "path", None) is None:
