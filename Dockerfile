@@ -32,12 +32,16 @@ WORKDIR /app
 # The code and the small model; .dockerignore keeps out real weights, the venv, git and tests.
 COPY --chown=pusa:pusa . .
 
+# Served on all interfaces, so: bounded queue and uploads (the app's defaults), and finished videos
+# kept on the /app/outputs volume for 30 days. Set PUSA_AUTH=user:password to ask for a login.
 ENV PUSA_HOST=0.0.0.0 \
     PUSA_PORT=7860 \
     PUSA_WEIGHTS_DIR=/weights \
+    PUSA_OUTPUT_DIR=/app/outputs \
+    PUSA_KEEP_DAYS=30 \
     HF_HOME=/hf-cache \
     GRADIO_ANALYTICS_ENABLED=False
-VOLUME ["/weights", "/hf-cache"]
+VOLUME ["/weights", "/hf-cache", "/app/outputs"]
 EXPOSE 7860
 USER 1000:1000
 

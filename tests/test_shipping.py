@@ -171,11 +171,12 @@ def test_dockerfile_runs_the_app_as_non_root_on_all_interfaces(dockerfile: list[
         n for n, i in enumerate(dockerfile) if i.keyword == "RUN"
     ), "USER must come after every RUN that needs root"
     env = " ".join(e.args for e in only(dockerfile, "ENV"))
-    for setting in ("PUSA_HOST=0.0.0.0", "PUSA_PORT=7860", "PUSA_WEIGHTS_DIR=/weights", "HF_HOME=/hf-cache"):
+    for setting in ("PUSA_HOST=0.0.0.0", "PUSA_PORT=7860", "PUSA_WEIGHTS_DIR=/weights", "HF_HOME=/hf-cache",
+                    "PUSA_OUTPUT_DIR=/app/outputs", "PUSA_KEEP_DAYS=30"):
         assert setting in env
     assert "7860" in [w for e in only(dockerfile, "EXPOSE") for w in e.words()]
     volumes = [w for v in only(dockerfile, "VOLUME") for w in v.words()]
-    assert {"/weights", "/hf-cache"} <= set(volumes)
+    assert {"/weights", "/hf-cache", "/app/outputs"} <= set(volumes)
     (health,) = only(dockerfile, "HEALTHCHECK")
     assert "urllib.request.urlopen('http://127.0.0.1:7860/" in health.args
 
