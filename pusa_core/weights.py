@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ ORIGINAL_VAE = "Wan2.1_VAE.pth"
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = "google/umt5-xxl"
 _LISTED_MISSING = 6  # how many missing files a message names before it says "and N more"
+SAFETENSORS_SUFFIX = ".safetensors"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 class WeightsError(ValueError):
@@ -106,8 +109,8 @@ def safetensors_problem(path: Path) -> str | None:
     safetensors refuses a file whose header does not cover exactly the bytes present, so this
     also catches a truncated download without reading the tensors.
     """
-    if not path.is_file():
-        return "missing"
+    if problem := _file_problem(path):
+        return problem
     try:
         with safe_open(path, framework="numpy"):
             return None
@@ -120,6 +123,32 @@ def _file_problem(path: Path) -> str | None:
         return "missing"
     if path.stat().st_size == 0:
         return "empty"
+    return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete ``torch.save`` file, or None when it is.
+
+    ``torch.save`` writes a zip archive whose directory sits at the end of the file, so opening the
+    directory (a few KB, no tensor data read) catches a truncated download.
+    """
+    if problem := _file_problem(path):
+        return problem
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        with path.open("rb") as f:
+            if f.read(2) == b"PK":
+                return "truncated: the zip directory at its end is missing; download it again"
+        return (
+            "not a zip-format torch.save file (an older torch format or another kind of file); "
+            "save it again with torch.save, or as .safetensors"
+        )
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if not any(name.endswith("/data.pkl") for name in names):
+        return "a zip file without data.pkl, so not a torch.save checkpoint"
     return None
 
 
@@ -207,7 +236,16 @@ def tiny_problems(root: Path) -> list[str]:
 
 
 def lora_problems(path: Path) -> list[str]:
-    problem = _file_problem(path)
+    """Why the LoRA file ``path`` cannot be read, judged from its header alone (no tensor is read)."""
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        problem = safetensors_problem(path)
+    elif suffix in TORCH_SUFFIXES:
+        problem = torch_file_problem(path)
+    else:
+        problem = _file_problem(path) or (
+            f"not a LoRA file name: expected {SAFETENSORS_SUFFIX} or a torch file ({', '.join(TORCH_SUFFIXES)})"
+        )
     return [f"{path}: {problem}"] if problem else []
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from safetensors.numpy import save_file
 
@@ -405,8 +406,9 @@ def make_diffusers(root: Path) -> Path:
 
 
 def make_lora(path: Path) -> Path:
+    """A real torch.save file: the preflight reads its zip directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"PK lora")
+    torch.save({"blocks.0.self_attn.q.lora_A.default.weight": torch.zeros(1, 4)}, path)
     return path
 
 
@@ -728,7 +730,8 @@ def test_dry_run_against_a_local_fake_hub_plans_without_writing(tmp_path: Path, 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{BASE_REPO_ID}@feedc0defeed: 11 files, ")
-    assert lines[1] == f"{LORA_REPO_ID}@feedc0defeed: 1 files, 7 B, 0 already complete -> {target / 'PusaV1'}"
+    lora_size = download.format_size((folders[LORA_REPO_ID] / "pusa_v1.pt").stat().st_size)
+    assert lines[1] == f"{LORA_REPO_ID}@feedc0defeed: 1 files, {lora_size}, 0 already complete -> {target / 'PusaV1'}"
     assert lines[2].startswith("To download: 12 files, ") and lines[3] == "Dry run: nothing downloaded."
     assert {r.lower() for r in hub.requests} == {
         f"GET /api/models/{BASE_REPO_ID}?blobs=true".lower(),
@@ -821,9 +824,10 @@ def test_dry_run_plan_lists_repos_sizes_and_free_space(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0].startswith(f"{BASE_REPO_ID}@0123456789ab: 11 files, ")
     assert lines[0].endswith(f"0 already complete -> {tmp_path / 'weights' / 'Wan2.1-T2V-14B-Diffusers'}")
+    lora_size = download.format_size(repos[1].files[0].size)
     assert (
         lines[1]
-        == f"{LORA_REPO_ID}@0123456789ab: 1 files, 7 B, 0 already complete -> {tmp_path / 'weights' / 'PusaV1'}"
+        == f"{LORA_REPO_ID}@0123456789ab: 1 files, {lora_size}, 0 already complete -> {tmp_path / 'weights' / 'PusaV1'}"
     )
     needed = download.format_size(plan.needed_bytes)
     assert lines[2] == f"To download: 12 files, {needed} (resuming 0 B of interrupted downloads); free disk: 123.0 GB."
