@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,25 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import PusaInputError
+from .facts import MAX_INPUT_PIXELS, MAX_INPUT_SIDE
 from .requests import Fit, ImageInput
 
 SETTINGS_TAG = "pusa_settings"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{round(pixels / 1e6, 2):g} MP"
+
+
+def _too_large(field: str, name: str, what: str) -> PusaInputError:
+    limit = f"{_megapixels(MAX_INPUT_PIXELS)} and {MAX_INPUT_SIDE} pixels a side"
+    return PusaInputError(field, f"{name!r} is {what}; the limit is {limit}; downscale it")
+
+
+def _check_dimensions(field: str, name: str, width: int, height: int, what: str = "") -> None:
+    """Refuse a picture too large to decode, from its header, before any pixel is read."""
+    if width * height > MAX_INPUT_PIXELS or max(width, height) > MAX_INPUT_SIDE:
+        raise _too_large(field, name, f"{width}x{height} ({_megapixels(width * height)}){what}")
 
 
 def load_image(source: ImageInput, field: str = "image") -> np.ndarray:
@@ -35,30 +52,56 @@ def load_image(source: ImageInput, field: str = "image") -> np.ndarray:
     if not path.is_file():
         raise PusaInputError(field, f"file {path.name!r} was not found; upload the image again")
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        # Pillow warns about (and past twice its limit refuses) huge images at open and in some decoders;
+        # our limit is lower, so its warning is silenced here and the size is answered in our words.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_dimensions(field, path.name, *img.size)  # from the header: open() reads no pixels
+                return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError:
+        raise _too_large(field, path.name, f"over {_megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))}") from None
     except (UnidentifiedImageError, OSError):
         raise PusaInputError(field, f"{path.name!r} is not a readable image; use a PNG, JPEG or WebP file") from None
 
 
 def fit_frame(frame: np.ndarray, width: int, height: int, fit: Fit) -> np.ndarray:
-    """Resize keeping the aspect ratio: ``crop`` covers the target and trims the center, ``pad`` fits and adds black bars."""
+    """Resize keeping the aspect ratio: ``crop`` covers the target and trims the center, ``pad`` fits and adds black bars.
+
+    ``crop`` cuts the source to the target's aspect ratio before resizing, so only kept pixels are resized and
+    memory stays at the target's size whatever the source's shape (a 1x2000 strip no longer becomes 832x1.6M).
+    """
     h, w = frame.shape[:2]
-    scale = max(width / w, height / h) if fit == "crop" else min(width / w, height / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(frame, (new_w, new_h), interpolation=interp)
     if fit == "crop":
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-        return np.ascontiguousarray(resized[top : top + height, left : left + width])
+        crop_w = min(w, max(1, round(h * width / height)))
+        crop_h = min(h, max(1, round(w * height / width)))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        return _resize(frame[top : top + crop_h, left : left + crop_w], width, height)
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = resized
+    canvas[top : top + new_h, left : left + new_w] = _resize(frame, new_w, new_h)
     return canvas
 
 
-def read_video(path: str | Path, max_frames: int | None = None, field: str = "video") -> tuple[np.ndarray, float]:
-    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate."""
+def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrinking = width * height < frame.shape[0] * frame.shape[1]
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def read_video(
+    path: str | Path,
+    max_frames: int | None = None,
+    field: str = "video",
+    size: tuple[int, int] | None = None,
+    fit: Fit = "crop",
+) -> tuple[np.ndarray, float]:
+    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate.
+
+    With ``size=(width, height)`` each frame is fitted as it is read, so memory grows with the target size,
+    not the source's.
+    """
     path = Path(path)
     if not path.is_file():
         raise PusaInputError(field, f"file {path.name!r} was not found; upload the video again")
@@ -66,12 +109,16 @@ def read_video(path: str | Path, max_frames: int | None = None, field: str = "vi
     try:
         if not capture.isOpened():
             raise PusaInputError(field, f"{path.name!r} is not a readable video; use an MP4, MOV or WebM file")
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        _check_dimensions(field, path.name, width, height, " per frame")
         fps = capture.get(cv2.CAP_PROP_FPS) or 16.0
         frames = []
         while max_frames is None or len(frames) < max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
+            if size is not None:
+                frame = fit_frame(frame, *size, fit)
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     finally:
         capture.release()
