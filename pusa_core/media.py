@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import PusaInputError
-from .facts import MAX_INPUT_PIXELS, MAX_INPUT_SIDE
+from .facts import MAX_INPUT_PIXELS, MAX_INPUT_SIDE, MAX_SETTINGS_BYTES, SETTINGS_READ_SECONDS
 from .requests import Fit, ImageInput
 
 SETTINGS_TAG = "pusa_settings"
+SETTINGS_FIELD = "settings file"
 
 
 def _megapixels(pixels: int) -> str:
@@ -143,19 +145,49 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, settings: dict[s
     """H.264 yuv420p MP4 that browsers play; ``settings`` go into the file's comment metadata as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w, _ = frames.shape
-    params = ["-movflags", "+faststart"]
-    if settings is not None:
-        params += ["-metadata", f"comment={json.dumps({SETTINGS_TAG: settings}, separators=(',', ':'))}"]
+    if settings is None:
+        _encode(frames, path, fps, ["-movflags", "+faststart"])
+        return path
+    # The settings reach ffmpeg through an ffmetadata file, not a -metadata argument: a long prompt would
+    # pass the OS's argument size limit. write_frames puts its own codec options before anything added after
+    # its "-i -", so a second input cannot join that command: the frames are encoded first, then copied with
+    # the metadata file as input 1.
+    with tempfile.TemporaryDirectory(prefix="pusa-mp4-") as tmp:
+        plain, metadata = Path(tmp) / "frames.mp4", Path(tmp) / "settings.ffmeta"
+        _encode(frames, plain, fps, [])
+        comment = json.dumps({SETTINGS_TAG: settings}, separators=(",", ":"))
+        metadata.write_text(f";FFMETADATA1\ncomment={_ffmetadata_escape(comment)}\n", encoding="utf-8")
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(plain), "-i", str(metadata),
+            "-map", "0:v", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", str(path),
+        ]
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not add the settings to {path.name} (exit {result.returncode}): {result.stderr.strip()}")
+    return path
+
+
+def _encode(frames: np.ndarray, path: Path, fps: float, output_params: list[str]) -> None:
+    _, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
-        macro_block_size=2, output_params=params, ffmpeg_log_level="error",
+        macro_block_size=2, output_params=output_params, ffmpeg_log_level="error",
     )
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
-    return path
+
+
+def _ffmetadata_escape(text: str) -> str:
+    """ffmetadata's escaping: a backslash before '=', ';', '#', '\\' and newline."""
+    return re.sub(r"([=;#\\\n])", r"\\\1", text)
+
+
+def _ffmetadata_value(text: str, key: str) -> str | None:
+    """The unescaped value of ``key`` in an ffmetadata dump (values may span lines through escaped newlines)."""
+    match = re.search(rf"^{re.escape(key)}=((?:\\.|[^\\\n])*)", text, flags=re.MULTILINE | re.DOTALL)
+    return None if match is None else re.sub(r"\\(.)", r"\1", match.group(1), flags=re.DOTALL)
 
 
 def video_info(path: str | Path) -> tuple[int, int, int]:
@@ -168,22 +200,54 @@ def video_info(path: str | Path) -> tuple[int, int, int]:
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
-    """Settings saved with an output: from its ``.json`` file or from the MP4's metadata."""
+    """Settings saved with an output: from its ``.json`` file or from the MP4's metadata.
+
+    The file is an upload: its size, ffmpeg's time on it and the metadata it yields are all bounded.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise PusaInputError(SETTINGS_FIELD, f"file {path.name!r} was not found; upload it again")
     if path.suffix.lower() == ".json":
+        if path.stat().st_size > MAX_SETTINGS_BYTES:
+            raise _settings_too_large(path.name)
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise PusaInputError("settings file", f"{path.name!r} is not a settings JSON file ({err})") from None
-    result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=False,
-    )
-    for line in result.stdout.splitlines():
-        if line.startswith("comment="):
-            try:
-                # ffmetadata escapes '=', ';', '#' and '\\' with a backslash.
-                return json.loads(re.sub(r"\\(.)", r"\1", line[len("comment=") :]))[SETTINGS_TAG]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break
-    raise PusaInputError("settings file", f"{path.name!r} carries no Pusa Studio settings; use a video or JSON this app made")
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as err:  # bad UTF-8, bad JSON, or nesting deep enough to blow the stack
+            raise PusaInputError(SETTINGS_FIELD, f"{path.name!r} is not a settings JSON file ({err})") from None
+    comment = _ffmetadata_value(_metadata_dump(path), "comment")
+    try:
+        return json.loads(comment or "")[SETTINGS_TAG]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise PusaInputError(
+            SETTINGS_FIELD, f"{path.name!r} carries no Pusa Studio settings; use a video or JSON this app made"
+        ) from None
+
+
+def _settings_too_large(name: str) -> PusaInputError:
+    limit = f"{MAX_SETTINGS_BYTES // 2**20} MB"
+    return PusaInputError(SETTINGS_FIELD, f"{name!r} holds more than {limit} of settings; use a video or JSON this app made")
+
+
+def _metadata_dump(path: Path) -> str:
+    """The MP4's metadata in ffmetadata form, read by ffmpeg into a file so a huge tag cannot fill memory."""
+    with tempfile.TemporaryDirectory(prefix="pusa-settings-") as tmp:
+        dump = Path(tmp) / "metadata.ffmeta"
+        # -f mov: the upload is read as an MP4 whatever it holds, never as a playlist that names other files.
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "mov", "-i", str(path),
+            "-f", "ffmetadata", str(dump),
+        ]
+        try:
+            subprocess.run(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=SETTINGS_READ_SECONDS, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise PusaInputError(
+                SETTINGS_FIELD, f"reading {path.name!r} took over {SETTINGS_READ_SECONDS} s; use a video or JSON this app made"
+            ) from None
+        if not dump.is_file():
+            return ""
+        if dump.stat().st_size > MAX_SETTINGS_BYTES:
+            raise _settings_too_large(path.name)
+        return dump.read_text(encoding="utf-8", errors="replace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import subprocess
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pusa_core import media
 from pusa_core.errors import PusaInputError
+from pusa_core.facts import MAX_SETTINGS_BYTES
 from pusa_core.media import fit_frame, load_image, read_settings, read_video, video_info, write_mp4
 
 
@@ -189,3 +192,45 @@ def test_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     with pytest.raises(PusaInputError) as err:
         read_video(path, size=(64, 64))
     assert str(err.value) == f"video: 'huge.avi' is 6400x6400 (40.96 MP) per frame; {LIMIT}"
+
+
+# -- settings written through a metadata file, read back within bounds ------------------------------------
+def test_settings_with_a_huge_prompt_round_trip_through_the_mp4(tmp_path):
+    """A 200,000-character prompt used to pass the 128 KiB limit on one argv string and fail the write."""
+    prompt = ("a = b; #c \\ d\n\"quoted\"\r\ttab é 中文 🎬 " * 8000)[:200_000]
+    settings = {"prompt": prompt, "negative_prompt": "=;#\\\n", "seed": 7, "nested": {"k=v": [1.5, None, True]}}
+    path = write_mp4(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "long.mp4", 8, settings)
+    assert len(prompt) == 200_000
+    assert read_settings(path) == settings
+    assert video_info(path) == (3, 16, 16)
+
+
+def test_settings_over_the_size_cap_are_refused(tmp_path):
+    big = {"prompt": "x" * MAX_SETTINGS_BYTES}
+    video = write_mp4(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "big.mp4", 8, big)
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    for name in ("big.mp4", "big.json"):
+        with pytest.raises(PusaInputError) as err:
+            read_settings(tmp_path / name)
+        assert str(err.value) == f"settings file: '{name}' holds more than 4 MB of settings; use a video or JSON this app made"
+    assert video.stat().st_size > MAX_SETTINGS_BYTES
+
+
+def test_reading_settings_gives_up_after_the_time_limit(tmp_path, monkeypatch):
+    video = write_mp4(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "slow.mp4", 8, {"seed": 1})
+    monkeypatch.setattr(media, "SETTINGS_READ_SECONDS", 1e-4)  # no ffmpeg starts, reads and exits in 0.1 ms
+    with pytest.raises(PusaInputError) as err:
+        read_settings(video)
+    assert str(err.value) == "settings file: reading 'slow.mp4' took over 0.0001 s; use a video or JSON this app made"
+
+
+def test_bad_settings_files_name_only_the_file(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PusaInputError, match=r"^settings file: 'deep.json' is not a settings JSON file \(maximum recursion"):
+        read_settings(tmp_path / "deep.json")
+    (tmp_path / "latin1.json").write_bytes(b'{"prompt": "caf\xe9"}')
+    with pytest.raises(PusaInputError, match=r"^settings file: 'latin1.json' is not a settings JSON file \('utf-8' codec"):
+        read_settings(tmp_path / "latin1.json")
+    with pytest.raises(PusaInputError) as err:
+        read_settings(tmp_path / "gone.json")
+    assert str(err.value) == "settings file: file 'gone.json' was not found; upload it again"
