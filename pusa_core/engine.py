@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from .conditioning import Conditioning, plan_request
@@ -337,16 +336,16 @@ class Engine:
             return out
         if isinstance(request, VideoToVideo):
             needed = frames_needed(plan.positions)
-            frames, _ = read_video(request.video, max_frames=needed)
+            # Each frame is fitted as it is read, so a large source costs one source frame, not the clip.
+            frames, _ = read_video(request.video, max_frames=needed, size=(s.width, s.height), fit=s.fit)
             if len(frames) < needed:
                 raise PusaInputError(
                     "video",
                     f"has {len(frames)} frames but position {max(plan.positions)} needs at least {needed}; "
                     "use a longer video or lower positions",
                 )
-            fitted = np.stack([fit_frame(f, s.width, s.height, s.fit) for f in frames])
             # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
             # for those slots as encoding the whole clip.
-            latents = encode_pixels(c.vae, to_model_pixels(fitted), device)
+            latents = encode_pixels(c.vae, to_model_pixels(frames), device)
             return {p: latents[:, :, p : p + 1] for p in plan.positions}
         return {}

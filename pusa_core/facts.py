@@ -79,6 +79,8 @@ MAX_PROMPT_CHARS = 4000  # far past the 512 tokens the text encoder reads; refus
 MAX_INPUT_PIXELS = 40_000_000  # an upload's width x height (a 8K frame is 33 MP)
 MAX_INPUT_SIDE = 16384
 MAX_UPLOAD_MB = 200
+MAX_SETTINGS_BYTES = 4 * 2**20  # settings metadata read back from an upload; a real one is a few kB
+SETTINGS_READ_SECONDS = 20  # how long ffmpeg may take to pull the settings out of an uploaded MP4
 
 
 # -- frame arithmetic -------------------------------------------------------------------------------

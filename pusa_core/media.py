@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,26 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import PusaInputError
+from .facts import MAX_INPUT_PIXELS, MAX_INPUT_SIDE, MAX_SETTINGS_BYTES, SETTINGS_READ_SECONDS
 from .requests import Fit, ImageInput
 
 SETTINGS_TAG = "pusa_settings"
+SETTINGS_FIELD = "settings file"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{round(pixels / 1e6, 2):g} MP"
+
+
+def _too_large(field: str, name: str, what: str) -> PusaInputError:
+    limit = f"{_megapixels(MAX_INPUT_PIXELS)} and {MAX_INPUT_SIDE} pixels a side"
+    return PusaInputError(field, f"{name!r} is {what}; the limit is {limit}; downscale it")
+
+
+def _check_dimensions(field: str, name: str, width: int, height: int, what: str = "") -> None:
+    """Refuse a picture too large to decode, from its header, before any pixel is read."""
+    if width * height > MAX_INPUT_PIXELS or max(width, height) > MAX_INPUT_SIDE:
+        raise _too_large(field, name, f"{width}x{height} ({_megapixels(width * height)}){what}")
 
 
 def load_image(source: ImageInput, field: str = "image") -> np.ndarray:
@@ -35,30 +54,56 @@ def load_image(source: ImageInput, field: str = "image") -> np.ndarray:
     if not path.is_file():
         raise PusaInputError(field, f"file {path.name!r} was not found; upload the image again")
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        # Pillow warns about (and past twice its limit refuses) huge images at open and in some decoders;
+        # our limit is lower, so its warning is silenced here and the size is answered in our words.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_dimensions(field, path.name, *img.size)  # from the header: open() reads no pixels
+                return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError:
+        raise _too_large(field, path.name, f"over {_megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))}") from None
     except (UnidentifiedImageError, OSError):
         raise PusaInputError(field, f"{path.name!r} is not a readable image; use a PNG, JPEG or WebP file") from None
 
 
 def fit_frame(frame: np.ndarray, width: int, height: int, fit: Fit) -> np.ndarray:
-    """Resize keeping the aspect ratio: ``crop`` covers the target and trims the center, ``pad`` fits and adds black bars."""
+    """Resize keeping the aspect ratio: ``crop`` covers the target and trims the center, ``pad`` fits and adds black bars.
+
+    ``crop`` cuts the source to the target's aspect ratio before resizing, so only kept pixels are resized and
+    memory stays at the target's size whatever the source's shape (a 1x2000 strip no longer becomes 832x1.6M).
+    """
     h, w = frame.shape[:2]
-    scale = max(width / w, height / h) if fit == "crop" else min(width / w, height / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(frame, (new_w, new_h), interpolation=interp)
     if fit == "crop":
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-        return np.ascontiguousarray(resized[top : top + height, left : left + width])
+        crop_w = min(w, max(1, round(h * width / height)))
+        crop_h = min(h, max(1, round(w * height / width)))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        return _resize(frame[top : top + crop_h, left : left + crop_w], width, height)
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = resized
+    canvas[top : top + new_h, left : left + new_w] = _resize(frame, new_w, new_h)
     return canvas
 
 
-def read_video(path: str | Path, max_frames: int | None = None, field: str = "video") -> tuple[np.ndarray, float]:
-    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate."""
+def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrinking = width * height < frame.shape[0] * frame.shape[1]
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def read_video(
+    path: str | Path,
+    max_frames: int | None = None,
+    field: str = "video",
+    size: tuple[int, int] | None = None,
+    fit: Fit = "crop",
+) -> tuple[np.ndarray, float]:
+    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate.
+
+    With ``size=(width, height)`` each frame is fitted as it is read, so memory grows with the target size,
+    not the source's.
+    """
     path = Path(path)
     if not path.is_file():
         raise PusaInputError(field, f"file {path.name!r} was not found; upload the video again")
@@ -66,12 +111,16 @@ def read_video(path: str | Path, max_frames: int | None = None, field: str = "vi
     try:
         if not capture.isOpened():
             raise PusaInputError(field, f"{path.name!r} is not a readable video; use an MP4, MOV or WebM file")
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        _check_dimensions(field, path.name, width, height, " per frame")
         fps = capture.get(cv2.CAP_PROP_FPS) or 16.0
         frames = []
         while max_frames is None or len(frames) < max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
+            if size is not None:
+                frame = fit_frame(frame, *size, fit)
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     finally:
         capture.release()
@@ -96,19 +145,49 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, settings: dict[s
     """H.264 yuv420p MP4 that browsers play; ``settings`` go into the file's comment metadata as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w, _ = frames.shape
-    params = ["-movflags", "+faststart"]
-    if settings is not None:
-        params += ["-metadata", f"comment={json.dumps({SETTINGS_TAG: settings}, separators=(',', ':'))}"]
+    if settings is None:
+        _encode(frames, path, fps, ["-movflags", "+faststart"])
+        return path
+    # The settings reach ffmpeg through an ffmetadata file, not a -metadata argument: a long prompt would
+    # pass the OS's argument size limit. write_frames puts its own codec options before anything added after
+    # its "-i -", so a second input cannot join that command: the frames are encoded first, then copied with
+    # the metadata file as input 1.
+    with tempfile.TemporaryDirectory(prefix="pusa-mp4-") as tmp:
+        plain, metadata = Path(tmp) / "frames.mp4", Path(tmp) / "settings.ffmeta"
+        _encode(frames, plain, fps, [])
+        comment = json.dumps({SETTINGS_TAG: settings}, separators=(",", ":"))
+        metadata.write_text(f";FFMETADATA1\ncomment={_ffmetadata_escape(comment)}\n", encoding="utf-8")
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(plain), "-i", str(metadata),
+            "-map", "0:v", "-map_metadata", "1", "-c", "copy", "-movflags", "+faststart", str(path),
+        ]
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not add the settings to {path.name} (exit {result.returncode}): {result.stderr.strip()}")
+    return path
+
+
+def _encode(frames: np.ndarray, path: Path, fps: float, output_params: list[str]) -> None:
+    _, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
-        macro_block_size=2, output_params=params, ffmpeg_log_level="error",
+        macro_block_size=2, output_params=output_params, ffmpeg_log_level="error",
     )
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
-    return path
+
+
+def _ffmetadata_escape(text: str) -> str:
+    """ffmetadata's escaping: a backslash before '=', ';', '#', '\\' and newline."""
+    return re.sub(r"([=;#\\\n])", r"\\\1", text)
+
+
+def _ffmetadata_value(text: str, key: str) -> str | None:
+    """The unescaped value of ``key`` in an ffmetadata dump (values may span lines through escaped newlines)."""
+    match = re.search(rf"^{re.escape(key)}=((?:\\.|[^\\\n])*)", text, flags=re.MULTILINE | re.DOTALL)
+    return None if match is None else re.sub(r"\\(.)", r"\1", match.group(1), flags=re.DOTALL)
 
 
 def video_info(path: str | Path) -> tuple[int, int, int]:
@@ -121,22 +200,54 @@ def video_info(path: str | Path) -> tuple[int, int, int]:
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
-    """Settings saved with an output: from its ``.json`` file or from the MP4's metadata."""
+    """Settings saved with an output: from its ``.json`` file or from the MP4's metadata.
+
+    The file is an upload: its size, ffmpeg's time on it and the metadata it yields are all bounded.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise PusaInputError(SETTINGS_FIELD, f"file {path.name!r} was not found; upload it again")
     if path.suffix.lower() == ".json":
+        if path.stat().st_size > MAX_SETTINGS_BYTES:
+            raise _settings_too_large(path.name)
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise PusaInputError("settings file", f"{path.name!r} is not a settings JSON file ({err})") from None
-    result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=False,
-    )
-    for line in result.stdout.splitlines():
-        if line.startswith("comment="):
-            try:
-                # ffmetadata escapes '=', ';', '#' and '\\' with a backslash.
-                return json.loads(re.sub(r"\\(.)", r"\1", line[len("comment=") :]))[SETTINGS_TAG]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break
-    raise PusaInputError("settings file", f"{path.name!r} carries no Pusa Studio settings; use a video or JSON this app made")
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as err:  # bad UTF-8, bad JSON, or nesting deep enough to blow the stack
+            raise PusaInputError(SETTINGS_FIELD, f"{path.name!r} is not a settings JSON file ({err})") from None
+    comment = _ffmetadata_value(_metadata_dump(path), "comment")
+    try:
+        return json.loads(comment or "")[SETTINGS_TAG]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        raise PusaInputError(
+            SETTINGS_FIELD, f"{path.name!r} carries no Pusa Studio settings; use a video or JSON this app made"
+        ) from None
+
+
+def _settings_too_large(name: str) -> PusaInputError:
+    limit = f"{MAX_SETTINGS_BYTES // 2**20} MB"
+    return PusaInputError(SETTINGS_FIELD, f"{name!r} holds more than {limit} of settings; use a video or JSON this app made")
+
+
+def _metadata_dump(path: Path) -> str:
+    """The MP4's metadata in ffmetadata form, read by ffmpeg into a file so a huge tag cannot fill memory."""
+    with tempfile.TemporaryDirectory(prefix="pusa-settings-") as tmp:
+        dump = Path(tmp) / "metadata.ffmeta"
+        # -f mov: the upload is read as an MP4 whatever it holds, never as a playlist that names other files.
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "mov", "-i", str(path),
+            "-f", "ffmetadata", str(dump),
+        ]
+        try:
+            subprocess.run(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=SETTINGS_READ_SECONDS, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise PusaInputError(
+                SETTINGS_FIELD, f"reading {path.name!r} took over {SETTINGS_READ_SECONDS} s; use a video or JSON this app made"
+            ) from None
+        if not dump.is_file():
+            return ""
+        if dump.stat().st_size > MAX_SETTINGS_BYTES:
+            raise _settings_too_large(path.name)
+        return dump.read_text(encoding="utf-8", errors="replace")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
 import threading
 from dataclasses import replace
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -107,6 +110,16 @@ def test_unreadable_inputs(tiny_engine, settings, tmp_path):
         tiny_engine.generate(MultiFrames(settings, images=(np.zeros((8, 8, 3), np.uint8), tmp_path / "x.png"), positions=(0, 2), multipliers=(0.1, 0.1)))
     with pytest.raises(PusaInputError, match="video: 'x.png' (is not a readable video|has no frames that could be decoded)"):
         tiny_engine.generate(VideoToVideo(settings, video=str(tmp_path / "x.png"), positions=(0,), multipliers=(0.0,)))
+
+
+def test_video_over_the_size_limit_is_refused_before_its_frames_are_decoded(tiny_engine, settings, tmp_path):
+    wide = tmp_path / "wide.avi"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=16400x16",
+               "-frames:v", "2", "-c:v", "mjpeg", str(wide)]
+    subprocess.run(command, check=True)
+    says = "video: 'wide.avi' is 16400x16 (0.26 MP) per frame; the limit is 40 MP and 16384 pixels a side; downscale it"
+    with pytest.raises(PusaInputError, match=f"^{re.escape(says)}$"):
+        tiny_engine.generate(VideoToVideo(settings, video=str(wide), positions=(0,), multipliers=(0.0,)))
 
 
 def test_cancel_then_next_job_runs(tiny_engine, settings):
