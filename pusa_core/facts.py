@@ -79,6 +79,8 @@ MAX_PROMPT_CHARS = 4000  # far past the 512 tokens the text encoder reads; refus
 MAX_INPUT_PIXELS = 40_000_000  # an upload's width x height (a 8K frame is 33 MP)
 MAX_INPUT_SIDE = 16384
 MAX_UPLOAD_MB = 200
+# The app's flag for the engine's ``max_job_seconds``: its messages name it so users know what to change.
+MAX_JOB_SECONDS_FLAG = "--max-job-seconds"
 
 
 # -- frame arithmetic -------------------------------------------------------------------------------
