@@ -145,7 +145,7 @@ def sample(
     batch = latents.shape[0]
 
     start = time.perf_counter()
-    if not multipliers.any():  # every frame is clean conditioning at sigma 0: no step would move it
+    if not multipliers.any():  # every frame stays at sigma 0, so no step would move it
         return SampleResult(latents, time.perf_counter() - start, ())
 
     def check(i: int, where: str) -> None:
