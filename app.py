@@ -147,8 +147,12 @@ def random_model_notice(reason: str) -> str:
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What every engine takes from the flags: where outputs go and how long they are kept."""
-    return {"output_dir": args.output_dir, "retention": Retention(args.keep_outputs, args.keep_days)}
+    """What every engine takes from the flags: where outputs go, how long they are kept, how long a job may run."""
+    return {
+        "output_dir": args.output_dir,
+        "retention": Retention(args.keep_outputs, args.keep_days),
+        "max_job_seconds": args.max_job_seconds,
+    }
 
 
 def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:

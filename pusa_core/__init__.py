@@ -7,7 +7,7 @@ No UI code lives here. What the app uses:
 - ``pusa_core.requests``: ``Settings``, ``ImageToVideo``, ``MultiFrames``, ``VideoToVideo``, ``TextToVideo``,
   ``request_to_dict``, ``request_from_dict``, ``DEFAULT_NEGATIVE_PROMPT``
 - ``pusa_core.conditioning``: ``parse_positions``, ``parse_multipliers``, frame <-> latent-slot helpers
-- ``pusa_core.errors``: ``PusaInputError``, ``GenerationCancelled``, ``EngineNotReady``
+- ``pusa_core.errors``: ``PusaInputError``, ``GenerationCancelled``, ``JobTimedOut``, ``EngineNotReady``
 - ``pusa_core.weights``: ``resolve_model_source``, ``preflight``, ``ModelSource``
 - ``pusa_core.media``: ``read_settings``
 

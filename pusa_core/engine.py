@@ -2,13 +2,16 @@
 
 A job: validate -> encode prompt (cached) -> encode conditioning images/video -> sample with per-frame
 timesteps -> decode -> write MP4 + settings JSON. One job runs at a time; progress goes out through a
-callback and a cancel event is checked before every denoising step.
+callback and a cancel event is checked before every denoising step and between its two guidance passes.
+With ``max_job_seconds`` a job past that time stops at the next such check, or between phases, with
+:class:`JobTimedOut`; nothing is written and the engine stays ready.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import threading
 import time
@@ -22,7 +25,7 @@ import torch
 
 from .conditioning import Conditioning, plan_request
 from .errors import EngineNotReady, PusaInputError
-from .facts import DEFAULT_NOISE_MULTIPLIER, frames_needed
+from .facts import DEFAULT_NOISE_MULTIPLIER, MAX_JOB_SECONDS_FLAG, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents, load_components, source_defaults
 from .lora import set_lora_alpha
@@ -31,7 +34,7 @@ from .placement import Placement, StageDevices, apply_placement, apply_vae_tilin
 from .outputs import OutputFolder, Retention
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
-from .sampling import StepReport, sample
+from .sampling import Deadline, StepReport, sample
 from .text import encode_prompts, token_count
 from .weights import ModelSource
 
@@ -43,6 +46,15 @@ _PROMPT_CACHE_SIZE = 16
 def _architecture(config: Any) -> dict[str, Any]:
     """A model config without diffusers' bookkeeping keys (``_name_or_path`` may be a Path)."""
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _checked_limit(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise PusaInputError(MAX_JOB_SECONDS_FLAG, f"{seconds!r} is not a time limit; give a positive number of "
+                                                   "seconds, e.g. 600, or leave it out for no limit")
+    return float(seconds)
 
 
 class OutOfMemory(RuntimeError):
@@ -97,7 +109,12 @@ class Engine:
         fp8: bool = False,
         defaults: Settings | None = None,
         retention: Retention = Retention(),
+        max_job_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one)."""
+        self._max_job_seconds = _checked_limit(max_job_seconds)
+        self._clock = clock
         self._loader = loader
         self.outputs = OutputFolder(Path(output_dir), retention)
         self._model_name = model_name
@@ -119,21 +136,25 @@ class Engine:
     def from_source(
         cls, source: ModelSource, output_dir: Path = Path("outputs"), placement: str | None = None, fp8: bool = False,
         retention: Retention = Retention(),
+        max_job_seconds: float | None = None,
     ) -> Engine:
         """An engine that loads ``source`` when started. ``placement`` overrides the automatic choice."""
         return cls(
             lambda: load_components(source), output_dir, source.name, source.is_small,
             placement=placement, fp8=fp8, defaults=source_defaults(source), retention=retention,
+            max_job_seconds=max_job_seconds,
         )
 
     @classmethod
     def from_components(
         cls, components: PusaComponents, output_dir: Path = Path("outputs"), placement: str | None = None,
         retention: Retention = Retention(),
+        max_job_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Engine:
         return cls(
             lambda: components, output_dir, components.name, components.is_small, placement,
-            defaults=components.defaults, retention=retention,
+            defaults=components.defaults, retention=retention, max_job_seconds=max_job_seconds, clock=clock,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -205,7 +226,10 @@ class Engine:
     def generate(
         self, request: Request, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
     ) -> GenerationResult:
-        """Run one job to an MP4. Raises PusaInputError, GenerationCancelled, EngineNotReady or OutOfMemory."""
+        """Run one job to an MP4.
+
+        Raises PusaInputError, GenerationCancelled, JobTimedOut, EngineNotReady or OutOfMemory.
+        """
         plan = plan_request(request)  # validation first: bad input is answered even while loading
         components = self._components
         if components is None:
@@ -245,6 +269,11 @@ class Engine:
         device = devices.transformer_device
         seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
         start = time.perf_counter()
+        deadline = Deadline.starting_now(self._max_job_seconds, self._clock) if self._max_job_seconds else None
+
+        def check_time(done: int) -> None:
+            if deadline is not None:
+                deadline.check(done, s.steps)
 
         def report(phase: str, within: float, message: str, **extra: Any) -> None:
             lo, hi = _PHASES[phase]
@@ -254,6 +283,7 @@ class Engine:
         notes = self._prompt_notes(c, s)
         positive = self._embed(c, s.prompt, devices.text_device).to(device)
         negative = self._embed(c, s.negative_prompt, devices.text_device).to(device) if s.cfg != 1.0 else None
+        check_time(0)
 
         report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
         cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
@@ -272,11 +302,13 @@ class Engine:
         report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
         result = sample(
             c.transformer, noise, cond_latents, plan.multiplier_vector(), positive, negative,
-            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel,
+            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel, deadline=deadline,
         )
+        check_time(s.steps)
 
         report("decode", 0.0, "decoding frames")
         frames = from_model_pixels(decode_latents(c.vae, result.latents, devices.vae_device))
+        check_time(s.steps)  # the last chance: once writing starts the job finishes
 
         report("write", 0.0, "writing video")
         settings = request_to_dict(request, seed=seed, record_input=self.outputs.record_input)

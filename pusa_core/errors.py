@@ -18,3 +18,7 @@ class GenerationCancelled(Exception):
 
 class EngineNotReady(RuntimeError):
     """The models are still loading (or failed to load)."""
+
+
+class JobTimedOut(RuntimeError):
+    """A job ran past the engine's time limit; the message says where it stopped and what to lower."""

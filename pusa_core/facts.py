@@ -81,6 +81,8 @@ MAX_INPUT_SIDE = 16384
 MAX_UPLOAD_MB = 200
 MAX_SETTINGS_BYTES = 4 * 2**20  # settings metadata read back from an upload; a real one is a few kB
 SETTINGS_READ_SECONDS = 20  # how long ffmpeg may take to pull the settings out of an uploaded MP4
+# The app's flag for the engine's ``max_job_seconds``: its messages name it so users know what to change.
+MAX_JOB_SECONDS_FLAG = "--max-job-seconds"
 
 
 # -- frame arithmetic -------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ an out-of-memory error.
 
 A job runs in three stages, never at the same time: text encoding, denoising, VAE decoding. A
 device's peak is therefore what stays resident on it plus the largest stage working set.
+
+The ``cpu`` placement is budgeted against the RAM available when the plan is made (less a reserve
+for the system), like GPUs against their free memory: a job that would exhaust the RAM swaps or
+freezes the machine instead of raising an error, so it is refused before it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import psutil
 import torch
 from accelerate import infer_auto_device_map
 from accelerate.utils import get_balanced_memory
@@ -56,6 +61,10 @@ VAE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # about a GiB, and the caching allocator loses some memory to fragmentation.
 CUDA_CONTEXT_BYTES = GIB
 FRAGMENTATION_HEADROOM = 0.10
+# Host RAM is planned with a reserve too: the OS, the app itself (Python, Gradio, torch's CPU
+# allocator caches) and other programs need room. A tenth of the RAM, at least 2 GiB.
+HOST_RESERVE_FRACTION = 0.10
+HOST_RESERVE_MIN_BYTES = 2 * GIB
 
 # Transformer block working set, bytes per element of a [tokens, hidden] tensor with bf16
 # compute (PusaTransformerBlock + diffusers' WanAttnProcessor, SDPA without a tokens x tokens
@@ -151,6 +160,36 @@ class Gpu:
     def budget(self) -> int:
         """Bytes the planner may use: free memory less the CUDA context, less fragmentation headroom."""
         return max(0, int((self.free - CUDA_CONTEXT_BYTES) * (1 - FRAGMENTATION_HEADROOM)))
+
+
+@dataclass(frozen=True)
+class Host:
+    """The machine's RAM as the planner sees it: ``available`` is what the OS can still hand out.
+
+    ``holds_weights``: the planned weights are already loaded in this process (a placement that was
+    applied), so ``available`` has already paid for them and the plan may count them back in.
+    """
+
+    name: str
+    total: int
+    available: int
+    holds_weights: bool = False
+
+    @property
+    def reserve(self) -> int:
+        """Bytes kept for the system and the app."""
+        return max(HOST_RESERVE_MIN_BYTES, int(self.total * HOST_RESERVE_FRACTION))
+
+    @property
+    def budget(self) -> int:
+        """Bytes a job may add: available RAM less the reserve."""
+        return max(0, self.available - self.reserve)
+
+
+def detect_host(holds_weights: bool = False) -> Host:
+    """This machine's RAM now (psutil reads ``MemAvailable``: free memory plus reclaimable caches)."""
+    memory = psutil.virtual_memory()
+    return Host("host RAM", memory.total, memory.available, holds_weights)
 
 
 @dataclass(frozen=True)
@@ -346,7 +385,7 @@ class DeviceLoad:
 
     device: str
     name: str
-    budget: int | None  # None: host memory, reported but not checked
+    budget: int | None  # None: host memory holding offloaded weights, reported but not checked
     weights: dict[str, int] = field(default_factory=dict)
     stages: dict[str, int] = field(default_factory=dict)
     blocks: tuple[int, ...] = ()
@@ -400,6 +439,7 @@ class MemoryPlan:
     vae_tiling: bool = False
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    host: Host | None = None  # the RAM a cpu plan is checked against
 
     @property
     def verdict(self) -> str:
@@ -413,7 +453,7 @@ class MemoryPlan:
     def summary(self) -> str:
         """One paragraph for the UI next to Generate."""
         top = self.peak_device
-        budget = f" of {gib(top.budget)} GiB" if top.budget is not None else ""
+        budget = f" of {gib(top.budget)}" if top.budget is not None else ""
         where = "; ".join(
             f"{d.device}: " + ", ".join(d.notes) for d in self.devices if d.notes
         )
@@ -466,11 +506,12 @@ def _device_of(name: str, device_map: Mapping[str, int | str]) -> int | str | No
 
 def plan_memory(kind: str, gpus: Sequence[Gpu], job: JobSize, options: PlanOptions | None = None,
                 device_map: Mapping[str, int | str] | None = None, simulated: bool = False,
-                suggest: bool = True) -> MemoryPlan:
+                suggest: bool = True, host: Host | None = None) -> MemoryPlan:
     """Predict per-device memory for ``job`` under placement ``kind`` and give a verdict.
 
     ``device_map`` fixes the shard split (the one already applied); without it the split is
-    planned here. With ``suggest`` a refused plan carries the changes that would fit.
+    planned here. With ``suggest`` a refused plan carries the changes that would fit. ``host`` is
+    the RAM a ``cpu`` plan must fit in; without it this machine's available RAM is read now.
     """
     options = options or PlanOptions()
     if kind == "cpu" and options.weights != "fp32":
@@ -484,33 +525,39 @@ def plan_memory(kind: str, gpus: Sequence[Gpu], job: JobSize, options: PlanOptio
         raise PusaInputError("placement", f"{kind!r} needs a CUDA GPU and none is visible; use 'cpu'")
     if kind == "shard" and len(gpus) < 2:
         raise PusaInputError("placement", "'shard' needs two or more GPUs; use 'single' or 'offload' on one")
-    plan = MemoryPlan(kind, job, options, [], models.sizes, acts)
+    if kind == "cpu" and host is None:
+        host = detect_host()
+    plan = MemoryPlan(kind, job, options, [], models.sizes, acts, host=host)
     planners[kind](plan, list(gpus), models, device_map, simulated)
     for dev in plan.devices:
         if not dev.fits:
-            plan.problems.append(
-                f"{dev.device} needs {gib(dev.peak)} GiB but has {gib(dev.budget)} GiB to plan with."
-            )
+            plan.problems.append(_shortfall(dev, plan.host if dev.device == "cpu" else None))
     if plan.problems and suggest:
         plan.suggestions = suggest_changes(plan, gpus, simulated)
     return plan
 
 
+def _shortfall(dev: DeviceLoad, host: Host | None) -> str:
+    if host is None:
+        return f"{dev.device} needs {gib(dev.peak)} GiB but has {gib(dev.budget)} GiB to plan with."
+    return (f"{dev.device} needs {gib(dev.peak)} GiB of RAM but has {gib(dev.budget)} GiB to plan with "
+            f"({gib(host.available)} GiB available, {gib(host.reserve)} GiB kept for the system).")
+
+
 def _place_vae(plan: MemoryPlan, loads: list[DeviceLoad]) -> None:
-    """The VAE on the GPU with the most room for its decode; tiled only when untiled would not fit."""
+    """The VAE on the device with the most room for its decode; tiled only when untiled would not fit."""
     acts, vae = plan.activations, plan.sizes.vae
-    gpus = [d for d in loads if d.budget is not None]
 
     def room(d: DeviceLoad) -> int:
         return d.budget - d.resident - vae - acts.sampler
 
     for tiled, need in ((False, acts.vae_decode), (True, acts.vae_decode_tiled)):
-        fitting = [d for d in gpus if room(d) >= need]
+        fitting = [d for d in loads if room(d) >= need]
         if fitting:
             home = max(fitting, key=room)
             break
-    else:  # host memory is not planned; on a GPU the device's peak check reports the shortfall
-        home, tiled, need = (max(gpus, key=room), True, acts.vae_decode_tiled) if gpus else (loads[-1], False, acts.vae_decode)
+    else:  # the device's peak check reports the shortfall
+        home, tiled, need = max(loads, key=room), True, acts.vae_decode_tiled
     home.weights["vae"] = home.weights.get("vae", 0) + vae
     home.stages["decode"] = need + acts.sampler
     home.notes.append("VAE" + (" (tiled decode)" if tiled else ""))
@@ -609,8 +656,11 @@ def _plan_offload(plan: MemoryPlan, gpus: list[Gpu], models: MetaModels, device_
 
 
 def _plan_cpu(plan: MemoryPlan, gpus: list[Gpu], models: MetaModels, device_map: Any, simulated: bool) -> None:
-    sizes, acts = plan.sizes, plan.activations
-    load = DeviceLoad("cpu", "host", None, blocks=tuple(range(sizes.num_blocks)))
+    sizes, acts, host = plan.sizes, plan.activations, plan.host
+    assert host is not None  # plan_memory reads it for cpu plans
+    # Weights already loaded are not in ``available`` any more; the plan counts them in its peak.
+    loaded = sizes.transformer + sizes.lora + sizes.text_encoder + sizes.vae if host.holds_weights else 0
+    load = DeviceLoad("cpu", host.name, host.budget + loaded, blocks=tuple(range(sizes.num_blocks)))
     load.weights = {"transformer": sizes.transformer, "lora": sizes.lora}
     load.stages["denoise"] = acts.transformer + acts.sampler
     load.notes.append(f"all {sizes.num_blocks} blocks, float32")
@@ -628,7 +678,7 @@ def suggest_changes(plan: MemoryPlan, gpus: Sequence[Gpu], simulated: bool = Fal
     out: list[str] = []
 
     def fits(k: str, j: JobSize, o: PlanOptions) -> MemoryPlan | None:
-        p = plan_memory(k, gpus, j, o, simulated=simulated, suggest=False)
+        p = plan_memory(k, gpus, j, o, simulated=simulated, suggest=False, host=plan.host)
         return p if p.verdict == "ok" else None
 
     def peak(p: MemoryPlan) -> str:
@@ -658,6 +708,8 @@ def suggest_changes(plan: MemoryPlan, gpus: Sequence[Gpu], simulated: bool = Fal
         if w * h < job.width * job.height and fits(kind, JobSize(w, h, job.frames), options):
             out.append(f"{w}x{h} instead of {job.width}x{job.height}")
             break
-    if not out:
+    if not out and kind == "cpu":
+        out.append("no smaller setting fits this machine's RAM; close other programs or use a GPU")
+    elif not out:
         out.append("no smaller setting fits these GPUs; use a GPU with more free memory")
     return out

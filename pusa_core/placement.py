@@ -6,7 +6,8 @@
 - ``single``: everything on one GPU, when the whole job fits.
 - ``offload``: diffusers group offloading streams the blocks to one GPU (CUDA streams overlap the
   copies with compute); optionally fp8 weight storage.
-- ``cpu``: float32 on the CPU, for the small model and tests.
+- ``cpu``: float32 on the CPU, for the small model and tests; jobs are planned against the RAM
+  available when they are planned.
 
 The choice is made with the memory planner (``pusa_core.memory``) for a reference job, and the
 reason is kept so the app can tell the user which placement is used and why.
@@ -24,8 +25,8 @@ from accelerate import dispatch_model
 from diffusers.hooks import apply_group_offloading
 
 from .errors import PusaInputError
-from .memory import (GIB, Gpu, JobSize, MemoryPlan, PlanOptions, enable_fp8_storage, gib, plan_memory,
-                     suggest_changes)
+from .memory import (GIB, Gpu, Host, JobSize, MemoryPlan, PlanOptions, detect_host, enable_fp8_storage, gib,
+                     plan_memory, suggest_changes)
 
 KINDS = ("shard", "single", "offload", "cpu")
 ENV_VAR = "PUSA_PLACEMENT"
@@ -55,6 +56,13 @@ def simulated_gpus(sizes_gb: Sequence[float]) -> list[Gpu]:
     return gpus
 
 
+def simulated_host(size_gb: float) -> Host:
+    """A machine with ``size_gb`` GiB of RAM, all of it available (for plans and tests)."""
+    if isinstance(size_gb, bool) or not isinstance(size_gb, (int, float)) or not size_gb > 0:
+        raise PusaInputError("ram", f"{size_gb!r} is not a RAM size; give positive GB, e.g. 32")
+    return Host(f"simulated {size_gb:g} GB RAM", int(size_gb * GIB), int(size_gb * GIB))
+
+
 def requested_kind(requested: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """The placement asked for by argument or ``PUSA_PLACEMENT`` (argument wins); None: automatic."""
     env = os.environ if env is None else env
@@ -76,6 +84,7 @@ class Placement:
     reason: str
     memory: MemoryPlan
     simulated: bool = False
+    host: Host | None = None  # a simulated machine's RAM; None: this machine's, read at each plan
 
     @property
     def options(self) -> PlanOptions:
@@ -92,12 +101,12 @@ def _gpu_list(gpus: Sequence[Gpu]) -> str:
 
 def choose_placement(gpus: Sequence[Gpu], job: JobSize = REFERENCE_JOB, requested: str | None = None,
                      options: PlanOptions | None = None, env: Mapping[str, str] | None = None,
-                     simulated: bool = False) -> Placement:
+                     simulated: bool = False, host: Host | None = None) -> Placement:
     """Pick shard / single / offload / cpu for these GPUs and ``job``, or honour the override.
 
     Automatic: shard with two or more GPUs, single when the job fits one GPU, offload otherwise,
     cpu without CUDA. When sharding or a single GPU is predicted not to fit but offloading does,
-    offload is chosen and the reason says so.
+    offload is chosen and the reason says so. ``host`` simulates the machine's RAM for cpu plans.
     """
     options = options or PlanOptions()
     gpus = tuple(gpus)
@@ -105,13 +114,14 @@ def choose_placement(gpus: Sequence[Gpu], job: JobSize = REFERENCE_JOB, requeste
     if kind is not None:
         if kind == "cpu" and options.weights == "fp8":
             raise PusaInputError("fp8", "fp8 weights need a GPU; the cpu placement runs in float32")
-        plan = plan_memory(kind, gpus, job, options, simulated=simulated)
-        return Placement(kind, gpus, f"{kind} requested ({'--placement' if requested else ENV_VAR})", plan, simulated)
+        plan = plan_memory(kind, gpus, job, options, simulated=simulated, host=host)
+        why = f"{kind} requested ({'--placement' if requested else ENV_VAR})"
+        return Placement(kind, gpus, why, plan, simulated, host)
     if not gpus:
         if options.weights == "fp8":
             raise PusaInputError("fp8", "fp8 weights need a GPU and none is visible")
-        plan = plan_memory("cpu", gpus, job, options, simulated=simulated)
-        return Placement("cpu", gpus, "no CUDA GPU visible: running on the CPU in float32", plan, simulated)
+        plan = plan_memory("cpu", gpus, job, options, simulated=simulated, host=host)
+        return Placement("cpu", gpus, "no CUDA GPU visible: running on the CPU in float32", plan, simulated, host)
     first = "shard" if len(gpus) >= 2 else "single"
     plan = plan_memory(first, gpus, job, options, simulated=simulated, suggest=False)
     if first == "shard":
@@ -132,10 +142,16 @@ def choose_placement(gpus: Sequence[Gpu], job: JobSize = REFERENCE_JOB, requeste
 
 
 def plan_job(placement: Placement, job: JobSize) -> MemoryPlan:
-    """The memory plan of ``job`` under an applied placement (the shard split stays as loaded)."""
+    """The memory plan of ``job`` under an applied placement (the shard split stays as loaded).
+
+    A cpu job is checked against the RAM available now; the loaded weights are already out of it.
+    """
     device_map = placement.memory.device_map if placement.kind == "shard" else None
+    host = placement.host
+    if host is None and placement.kind == "cpu":
+        host = detect_host(holds_weights=True)
     return plan_memory(placement.kind, placement.gpus, job, placement.options, device_map=device_map,
-                       simulated=placement.simulated)
+                       simulated=placement.simulated, host=host)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from pusa_core.engine import Engine
-from pusa_core.errors import EngineNotReady, GenerationCancelled, PusaInputError
+from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
 from pusa_core.latents import encode_pixels
 from pusa_core.media import read_settings, read_video, video_info, write_mp4
 from pusa_core.requests import ImageToVideo, MultiFrames, Settings, TextToVideo, VideoToVideo, request_from_dict
@@ -132,6 +133,64 @@ def test_cancel_then_next_job_runs(tiny_engine, settings):
     with pytest.raises(GenerationCancelled):
         tiny_engine.generate(TextToVideo(replace(settings, steps=4)), progress=stop_after_first, cancel=cancel)
     assert tiny_engine.generate(TextToVideo(settings)).video_path.is_file()
+
+
+class ManualClock:
+    """The engine's clock, moved by hand: a deadline test needs no real time to pass."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TIMED_OUT = ("this job ran past the 60 s limit set by --max-job-seconds and was stopped after step {} of 4; "
+             "nothing was saved; lower the size, frames or steps")
+
+
+def test_a_job_past_its_time_limit_stops_and_the_engine_stays_ready(tmp_path, settings):
+    clock = ManualClock()
+    engine = Engine.from_components(random_tiny_components(), tmp_path, max_job_seconds=60, clock=clock)
+    assert engine.wait_ready(60).state == "ready"
+    job = TextToVideo(replace(settings, steps=4))
+
+    def slow(phase, step=None):
+        def on_progress(p):
+            if p.phase == phase and p.step == step:
+                clock.now += 61
+        return on_progress
+
+    with pytest.raises(JobTimedOut) as err:
+        engine.generate(job, progress=slow("denoise", 1))
+    assert str(err.value) == TIMED_OUT.format(1)
+    with pytest.raises(JobTimedOut) as err:  # a slow decode is caught before anything is written
+        engine.generate(job, progress=slow("decode"))
+    assert str(err.value) == TIMED_OUT.format(4)
+    assert list(tmp_path.iterdir()) == [] and engine.status().state == "ready"
+    result = engine.generate(job)
+    assert result.video_path.is_file() and result.settings_path.is_file()
+
+
+@pytest.mark.parametrize("limit", [0, -5, float("nan"), float("inf"), "600", True])
+def test_time_limit_must_be_positive_seconds(limit):
+    with pytest.raises(PusaInputError, match=r"^--max-job-seconds: .* is not a time limit; give a positive number "
+                                             r"of seconds, e.g. 600, or leave it out for no limit$"):
+        Engine(random_tiny_components, Path("unused"), "tiny", True, max_job_seconds=limit)
+
+
+def test_all_frames_kept_at_multiplier_zero_skip_the_transformer(tmp_path, settings, clip):
+    """V2V with every latent slot conditioned at 0: the video is the input's VAE round trip, no pass runs."""
+    components = random_tiny_components()
+    engine = Engine.from_components(components, tmp_path)
+    assert engine.wait_ready(60).state == "ready"
+    calls = []
+    components.transformer.register_forward_hook(lambda *a: calls.append(1))
+    request = VideoToVideo(settings, video=str(clip), positions=(0, 1, 2), multipliers=(0.0, 0.0, 0.0))
+    again = [read_video(engine.generate(replace(request, settings=replace(settings, seed=seed))).video_path)[0]
+             for seed in (1, 2)]
+    assert calls == []
+    assert np.array_equal(again[0], again[1])  # the seed no longer matters: nothing is sampled
 
 
 def test_alpha_change_is_exact_between_jobs(tiny_engine, settings):

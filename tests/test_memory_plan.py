@@ -22,17 +22,21 @@ from pusa_core.memory import (
     GIB,
     UMT5_XXL_PARAMS,
     WAN_14B_TRANSFORMER_CONFIG,
+    Host,
     JobSize,
     PlanOptions,
     build_meta_transformer,
+    detect_host,
     estimate_activations,
+    gib,
     meta_models,
     plan_memory,
 )
-from pusa_core.placement import choose_placement, plan_job, simulated_gpus
+from pusa_core.placement import choose_placement, plan_job, simulated_gpus, simulated_host
 from pusa_core.transformer import PusaTransformer3DModel
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL_MODEL = ROOT / "weights" / "pusa-tiny"
 P480, P720 = (832, 480), (1280, 720)
 CASES = [((48, 48), P480), ((48, 48), P720), ((24, 24), P480), ((24, 24), P720),
          ((80,), P480), ((80,), P720), ((24,), P480), ((24,), P720)]
@@ -66,6 +70,17 @@ class LiveBytes(TorchDispatchMode):
 
 def _real_config() -> dict:
     return json.loads(WAN_14B_TRANSFORMER_CONFIG.read_text())
+
+
+def _small_model_options() -> PlanOptions:
+    """What the engine plans the shipped small model with on the CPU (its own configs, float32)."""
+    def config(part: str) -> dict:
+        return {k: v for k, v in json.loads((SMALL_MODEL / part / "config.json").read_text()).items()
+                if not k.startswith("_")}
+
+    text = UMT5Config(**config("text_encoder"))
+    return PlanOptions.with_text_encoder_config(text, weights="fp32", lora_rank=32,
+                                                transformer_config=config("transformer"), vae_config=config("vae"))
 
 
 def _tensor_bytes(module: torch.nn.Module, lora: bool) -> int:
@@ -253,3 +268,48 @@ def test_gib_budget_is_below_the_card():
     with pytest.raises(PusaInputError, match="gpus"):
         simulated_gpus([48, 0])
     assert build_meta_transformer(_real_config(), "bf16", 0).blocks[0].attn1.to_q.weight.device.type == "meta"
+
+
+def test_cpu_jobs_are_budgeted_against_the_ram():
+    """The reported case: 1920x1920, 201 frames of the small model on a 23 GB machine must be refused."""
+    options, ram = _small_model_options(), simulated_host(23)
+    assert ram.budget == 23 * GIB - int(2.3 * GIB)  # a tenth of the RAM is kept for the system
+    big = plan_memory("cpu", [], JobSize(1920, 1920, 201), options, host=ram)
+    cpu = big.devices[0]
+    assert big.verdict == "refuse" and cpu.budget == ram.budget and cpu.peak > 30 * GIB
+    assert big.problems == [f"cpu needs {gib(cpu.peak)} GiB of RAM but has 20.7 GiB to plan with "
+                            "(23.0 GiB available, 2.3 GiB kept for the system)."]
+    assert f"Predicted peak {gib(cpu.peak)} of 20.7 GiB on cpu: refuse." in big.summary()
+    assert big.suggestions == ["117 frames instead of 201", "1280x720 instead of 1920x1920"]
+    for job in (JobSize(1920, 1920, 117), JobSize(1280, 720, 201)):  # every suggestion fits
+        assert plan_memory("cpu", [], job, options, host=ram).verdict == "ok"
+    small = plan_memory("cpu", [], JobSize(64, 64, 17), options, host=ram)
+    assert small.verdict == "ok" and small.problems == [] and small.devices[0].peak < 2 * GIB
+
+
+def test_cpu_budget_counts_loaded_weights_back_and_reads_this_machine():
+    options = _small_model_options()
+    sizes = meta_models(options).sizes
+    loaded = Host("host RAM", 16 * GIB, 8 * GIB, holds_weights=True)
+    plan = plan_memory("cpu", [], JobSize(64, 64, 17), options, host=loaded)
+    assert plan.devices[0].budget == 6 * GIB + sizes.transformer + sizes.lora + sizes.text_encoder + sizes.vae
+    assert plan_memory("cpu", [], JobSize(64, 64, 17), options, host=Host("x", 4 * GIB, GIB)).verdict == "refuse"
+    here = detect_host()
+    assert 0 < here.available <= here.total and here.reserve >= 2 * GIB
+    assert plan_memory("cpu", [], JobSize(64, 64, 17), options).host.total == here.total
+
+
+def test_cpu_placement_plans_each_job_against_the_ram():
+    options = _small_model_options()
+    simulated = choose_placement([], JobSize(64, 64, 17), options=options, env={}, host=simulated_host(23))
+    assert simulated.kind == "cpu" and simulated.memory.verdict == "ok"
+    assert plan_job(simulated, JobSize(1920, 1920, 201)).verdict == "refuse"
+    applied = choose_placement([], JobSize(64, 64, 17), options=options, env={})
+    job = plan_job(applied, JobSize(64, 64, 17))
+    assert job.host.holds_weights and job.host.name == "host RAM"
+
+
+def test_a_cpu_job_that_fits_nothing_says_so():
+    plan = plan_memory("cpu", [], JobSize(64, 64, 17), _small_model_options(), host=Host("x", 2 * GIB, GIB))
+    assert plan.verdict == "refuse" and plan.devices[0].budget == 0
+    assert plan.suggestions == ["no smaller setting fits this machine's RAM; close other programs or use a GPU"]

@@ -20,6 +20,7 @@ from pusa_core.placement import (
     offload_transformer,
     requested_kind,
     simulated_gpus,
+    simulated_host,
     stream_text_encoder,
 )
 from pusa_core.transformer import PusaTransformer3DModel
@@ -146,6 +147,21 @@ def test_choose_without_gpus_is_cpu_and_bad_overrides_are_refused():
         choose_placement(simulated_gpus([48]), TINY_JOB, requested="shard", env={}, simulated=True)
     with pytest.raises(PusaInputError, match="fp8"):
         choose_placement([], TINY_JOB, requested="cpu", options=PlanOptions(weights="fp8"), env={})
+
+
+def test_simulated_host_sizes():
+    ram = simulated_host(32)
+    assert ram.total == ram.available == 32 * 2**30 and ram.name == "simulated 32 GB RAM"
+    for bad in (0, -4, "32", True):
+        with pytest.raises(PusaInputError, match="ram: .* is not a RAM size; give positive GB, e.g. 32"):
+            simulated_host(bad)
+
+
+def test_requested_cpu_placement_keeps_the_simulated_ram():
+    ram = simulated_host(8)
+    placement = choose_placement(simulated_gpus([80]), TINY_JOB, requested="cpu", env={}, simulated=True, host=ram)
+    assert placement.kind == "cpu" and placement.host == ram and placement.memory.host == ram
+    assert placement.memory.devices[0].budget == ram.budget
 
 
 def test_env_override_and_reasons():

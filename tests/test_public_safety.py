@@ -291,3 +291,12 @@ def test_a_prompt_past_the_encoders_length_is_cut_and_the_result_says_so(server:
     assert message.startswith("Done in ")
     cut = server.engine._components.max_sequence_length
     assert "Prompt: " in message and f"tokens, but the text encoder reads {cut}; only the first {cut} were used." in message
+
+
+def test_job_time_limit_and_retention_reach_the_engine(tmp_path: Path) -> None:
+    args = app_module.parse_args(
+        ["--model", "random-tiny", "--output-dir", str(tmp_path), "--max-job-seconds", "90", "--keep-outputs", "5"]
+    )
+    engine, _ = app_module.make_engine(args)
+    assert engine._max_job_seconds == 90.0
+    assert engine.outputs.retention == Retention(keep_newest=5) and engine.outputs.root == tmp_path

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from pusa_core.errors import GenerationCancelled
+from pusa_core.errors import GenerationCancelled, JobTimedOut
 from pusa_core.loading import transformer_from_original_state_dict
 from pusa_core.lora import load_lora, set_lora_alpha
-from pusa_core.sampling import initial_latents, sample
+from pusa_core.sampling import Deadline, initial_latents, sample
 from pusa_core.schedule import frame_multipliers, frame_sigmas, frame_timesteps, shifted_sigmas
 from pusa_core.tiny_models import tiny_transformer
 
@@ -85,14 +85,67 @@ def test_same_seed_same_output_and_different_seed_differs(model):
     assert not torch.allclose(a.latents, c.latents)
 
 
-def test_cfg_one_skips_the_negative_pass(model):
+def _passes(model, on_pass=lambda n: None, **kw):
+    """Run the sampler and count transformer passes; ``on_pass(n)`` runs after pass n."""
     calls = []
-    handle = model.register_forward_hook(lambda *a: calls.append(1))
+
+    def hook(*args):
+        calls.append(1)
+        on_pass(len(calls))
+
+    handle = model.register_forward_hook(hook)
     try:
-        _run(model, cfg=1.0)
+        result, clean = _run(model, **kw)
     finally:
         handle.remove()
-    assert len(calls) == 3
+    return result, clean, len(calls)
+
+
+def test_cfg_one_skips_the_negative_pass(model):
+    assert _passes(model, cfg=1.0)[2] == 3
+
+
+def test_all_zero_multipliers_run_no_pass_and_return_the_clean_latents(model):
+    g = torch.Generator().manual_seed(3)
+    clean = {i: torch.randn(1, 16, 1, 4, 4, generator=g) for i in range(3)}
+    result, _, passes = _passes(model, cond_latents=clean, multipliers=torch.zeros(3))
+    assert passes == 0 and result.step_seconds == ()
+    assert torch.equal(result.latents, torch.cat([clean[i] for i in range(3)], dim=2))
+
+
+def test_cancel_during_a_step_skips_its_second_pass(model):
+    cancel = threading.Event()
+    with pytest.raises(GenerationCancelled, match="^cancelled during step 1 of 3$"):
+        _passes(model, on_pass=lambda n: cancel.set(), cancel=cancel)
+
+
+class PassClock:
+    """A clock that advances one second per transformer pass, so deadlines need no real timing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, n: int) -> None:
+        self.now = float(n)
+
+
+def test_deadline_stops_at_a_step_boundary_and_between_passes(model):
+    clock = PassClock()
+    message = ("this job ran past the 2 s limit set by --max-job-seconds and was stopped after step 2 of 5; "
+               "nothing was saved; lower the size, frames or steps")
+    with pytest.raises(JobTimedOut) as err:
+        _passes(model, on_pass=clock.tick, cfg=1.0, steps=5, deadline=Deadline.starting_now(2, clock))
+    assert str(err.value) == message
+    clock = PassClock()
+    with pytest.raises(JobTimedOut, match="limit set by --max-job-seconds and was stopped after step 0 of 5;"):
+        _passes(model, on_pass=clock.tick, cfg=4.0, steps=5, deadline=Deadline.starting_now(1, clock))
+    assert clock.now == 1.0  # the negative pass of step 1 never ran
+    clock = PassClock()
+    result, _, passes = _passes(model, on_pass=clock.tick, steps=3, deadline=Deadline.starting_now(7, clock))
+    assert passes == 6 and len(result.step_seconds) == 3
 
 
 def test_callback_reports_each_step_and_cancel_stops(model):

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
-from pusa_core.errors import EngineNotReady, GenerationCancelled, PusaInputError
+from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
 from pusa_core.requests import Request, Settings
 from ui.form import parse_size
 from ui.zerogpu import JobSize, wrap_for_zerogpu
@@ -183,6 +183,8 @@ class Runner:
             return None, None, None, self._cancelled_message(job)
         except OutOfMemory as err:
             raise gr.Error(str(err), title="Out of memory", print_exception=False) from None
+        except JobTimedOut as err:
+            raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.", title="Time limit", print_exception=False) from None
         except EngineNotReady as err:
             raise gr.Error(f"{err}.", title="Model not ready", print_exception=False) from None
         except Exception as err:  # the UI boundary: an unexpected failure is reported, the app keeps serving
