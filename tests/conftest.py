@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from pusa_core.engine import Engine
 from pusa_core.tiny_models import random_tiny_components
 from pusa_core.verify import golden_transformer_config
+from tests.support.server import Server, served
 
 # In the repository, so every clone (and any fork's CI) runs the parity tests with nothing beside it.
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -50,3 +52,11 @@ def tiny_engine(tmp_path_factory) -> Engine:
     engine = Engine.from_components(random_tiny_components(), tmp_path_factory.mktemp("outputs"))
     assert engine.wait_ready(60).state == "ready"
     return engine
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """The app over a random tiny engine, served in-process for one test module, with a client."""
+    output_dir = tmp_path_factory.mktemp("outputs")
+    with served(Engine.from_components(random_tiny_components(), output_dir=output_dir), output_dir) as running:
+        yield running

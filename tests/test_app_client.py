@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -31,17 +30,6 @@ from ui.v2v import completion_plan, extension_plan
 
 from tests.support.server import EXAMPLES, SMALL, Server, serve, task_inputs
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    output_dir = tmp_path_factory.mktemp("outputs")
-    engine = Engine.from_components(random_tiny_components(), output_dir=output_dir)
-    assert engine.wait_ready(120).state == "ready"
-    demo, url = serve(engine, output_dir)
-    try:
-        yield Server(Client(url, verbose=False), engine, output_dir, url)
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

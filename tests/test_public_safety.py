@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +42,6 @@ class PassCounter:
         with self._lock:
             self.count += 1
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    output_dir = tmp_path_factory.mktemp("outputs")
-    engine = Engine.from_components(random_tiny_components(), output_dir=output_dir)
-    assert engine.wait_ready(120).state == "ready"
-    demo, url = serve(engine, output_dir)
-    try:
-        yield Server(Client(url, verbose=False), engine, output_dir, url)
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import gradio as gr
 
 from pusa_core import facts
 from pusa_core.requests import ImageToVideo, Request, Settings

@@ -28,37 +28,34 @@ IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp"]
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv"]
 
 
+def _as_sent(self: gr.components.Component, payload: Any) -> Any:
+    """A ``preprocess`` that leaves the value as the caller sent it, for the engine to check."""
+    return payload
+
+
+# is_template: the front end renders each one as its parent component.
 class EngineCheckedSlider(gr.Slider):
-    """A slider whose value reaches the engine as sent, so an API caller's 0 or 1000 gets the engine's message."""
+    """A slider whose API value reaches the engine, so 0 or 1000 gets its message."""
 
-    is_template = True  # rendered by the parent's front-end component
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+    is_template, preprocess = True, _as_sent
 
 
 class EngineCheckedNumber(gr.Number):
-    """A number box that passes None, strings and NaN on for the engine to refuse by field name."""
+    """A number box that passes None, text and NaN on for the engine to refuse."""
 
-    is_template = True  # rendered by the parent's front-end component
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+    is_template, preprocess = True, _as_sent
 
 
 class EngineCheckedRadio(gr.Radio):
-    """A radio whose unknown values reach the engine, which names the field and the choices."""
+    """A radio whose unknown values reach the engine, which names the choices."""
 
-    is_template = True  # rendered by the parent's front-end component
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+    is_template, preprocess = True, _as_sent
 
 
 class ImageUpload(gr.Image):
     """An image upload handed on as the cached file's path, unopened: the engine reads it within its limits."""
 
-    is_template = True  # rendered by the parent's front-end component
+    is_template = True
 
     def preprocess(self, payload: Any) -> Any:
         if payload is None or getattr(payload, "path", None) is None:
@@ -66,7 +63,7 @@ class ImageUpload(gr.Image):
         return str(payload.path)
 
 
-def limit_slider(limit: facts.Limit, value: float, label: str, info: str, **kwargs: Any) -> EngineCheckedSlider:
+def limit_slider(limit: facts.Limit, value: float, label: str, info: str, **kwargs: Any) -> gr.Slider:
     return EngineCheckedSlider(
         limit.low, limit.high, value=value, step=limit.step, label=label, info=info,
         precision=0 if limit.whole else None, **kwargs,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def serve(engine: Engine, output_dir: Path, flags: Sequence[str] = ()) -> tuple[
     args = app_module.parse_args(["--host", "127.0.0.1", "--port", str(port), "--output-dir", str(output_dir), *flags])
     app_module.launch(demo, args, block=False)
     return demo, f"http://127.0.0.1:{port}/"
+
+
+@contextmanager
+def served(engine: Engine, output_dir: Path, flags: Sequence[str] = ()) -> Iterator[Server]:
+    """The app over a loaded ``engine`` with a connected client, closed afterwards."""
+    assert engine.wait_ready(120).state == "ready"
+    demo, url = serve(engine, output_dir, flags)
+    try:
+        yield Server(Client(url, verbose=False), engine, output_dir, url)
+    finally:
+        demo.close()
 
 
 def task_inputs(task: str) -> dict:
