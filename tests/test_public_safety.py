@@ -231,7 +231,7 @@ def test_bad_flag_values_stop_with_the_flag_named(capsys: pytest.CaptureFixture)
 
 def test_auth_upload_cap_and_queue_limit_reach_gradio(tmp_path: Path) -> None:
     engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
-    demo, url = serve(engine, tmp_path, ["--auth", "ada:s3cret", "--max-upload-mb", "1", "--max-queue", "3"])
+    demo, url = serve(engine, tmp_path, ["--auth", "ada:s3cret", "--max-upload-mb", "1", "--max-queue", "1"])
     try:
         with pytest.raises(Exception):
             Client(url, verbose=False)
@@ -241,8 +241,18 @@ def test_auth_upload_cap_and_queue_limit_reach_gradio(tmp_path: Path) -> None:
         assert big.stat().st_size > 1024 * 1024
         with pytest.raises(Exception, match="(?i)file size|too large|exceeds"):
             client.predict(**{**task_inputs("i2v"), "image": handle_file(big)}, **SMALL, api_name="/i2v")
-        assert demo._queue.max_size == 3
         assert demo.max_file_size == 1024 * 1024
+        engine.wait_ready(120)
+        running = client.submit(**task_inputs("t2v"), size="320x320", frames=33, steps=50, api_name="/t2v")
+        while not running.status().progress_data:
+            concurrent.futures.wait([running.future], timeout=0.05)
+        waiting = client.submit(**task_inputs("t2v"), **SMALL, api_name="/t2v")
+        while waiting.status().code.name not in ("IN_QUEUE", "FINISHED"):
+            concurrent.futures.wait([waiting.future], timeout=0.05)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            client.predict(**task_inputs("t2v"), **SMALL, api_name="/t2v")
+        running.cancel()  # gradio's own cancel route: not queued, so a full queue does not block it
+        assert waiting.result(timeout=120)[3].startswith("Done in ")
     finally:
         demo.close()
 

@@ -152,7 +152,8 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
         return runner.cancel(request.session_hash if request else None)
 
     public = {"api_name": "cancel"} if spec.task == "t2v" else {"api_visibility": "private"}
-    cancel.click(cancel_job, None, panel.message, concurrency_limit=None, **public)
+    # Outside the queue: a full queue must not stop anyone from cancelling.
+    cancel.click(cancel_job, None, panel.message, queue=False, **public)
     wire_reuse_seed(panel, controls)
 
     schedule_inputs = [*(own.components[n] for n in spec.schedule_names), controls.frames, controls.fps]
