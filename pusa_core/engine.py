@@ -1,21 +1,15 @@
 """The one object the UI talks to: loads the models in the background, reports status, runs jobs.
 
-A job: validate -> encode prompt (cached) -> encode conditioning images/video -> sample with per-frame
-timesteps -> decode -> write MP4 + settings JSON. One job runs at a time; progress goes out through a
-callback and a cancel event is checked before every denoising step and between its two guidance passes.
-With ``max_job_seconds`` a job past that time stops at the next such check, or between phases, with
-:class:`JobTimedOut`; nothing is written and the engine stays ready.
+The engine owns the model lifecycle (load, place, status, defaults); a job itself is
+:class:`~pusa_core.job.JobRunner`'s. One job runs at a time, and input is validated before the model
+is even loaded, so a bad request is answered at once.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import math
-import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,24 +17,18 @@ from typing import Any, Literal
 
 import torch
 
-from .conditioning import Conditioning, plan_request
+from .conditioning import plan_request
 from .errors import EngineNotReady, PusaInputError
-from .facts import DEFAULT_NOISE_MULTIPLIER, MAX_JOB_SECONDS_FLAG, frames_needed
-from .latents import decode_latents, encode_pixels
+from .facts import DEFAULT_NOISE_MULTIPLIER
+from .job import GenerationResult, JobRunner, Progress, ProgressCallback
 from .loading import PusaComponents, load_components, source_defaults
-from .lora import set_lora_alpha
 from .memory import JobSize, PlanOptions
-from .placement import Placement, StageDevices, apply_placement, apply_vae_tiling, choose_placement, detect_gpus, plan_job
 from .outputs import OutputFolder, Retention
-from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
-from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
-from .sampling import Deadline, StepReport, sample
-from .text import encode_prompts, token_count
+from .placement import Placement, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
+from .requests import Request, Settings
 from .weights import ModelSource
 
-# Share of a job's wall time each phase is expected to take, for one progress bar across phases.
-_PHASES = {"prompt": (0.0, 0.03), "inputs": (0.03, 0.06), "denoise": (0.06, 0.92), "decode": (0.92, 0.98), "write": (0.98, 1.0)}
-_PROMPT_CACHE_SIZE = 16
+__all__ = ["Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
 
 
 def _architecture(config: Any) -> dict[str, Any]:
@@ -48,40 +36,8 @@ def _architecture(config: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def _checked_limit(seconds: float | None) -> float | None:
-    if seconds is None:
-        return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise PusaInputError(MAX_JOB_SECONDS_FLAG, f"{seconds!r} is not a time limit; give a positive number of "
-                                                   "seconds, e.g. 600, or leave it out for no limit")
-    return float(seconds)
-
-
 class OutOfMemory(RuntimeError):
     """The device ran out of memory; the message says what to lower. The engine stays usable."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    phase: str
-    fraction: float
-    step: int | None
-    total: int | None
-    eta_seconds: float | None
-    message: str
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    video_path: Path
-    settings_path: Path
-    seed: int
-    settings: dict[str, Any]
-    seconds: float
-    num_frames: int
-    width: int
-    height: int
-    notes: tuple[str, ...] = ()  # things the user should know about this job (e.g. a prompt cut to fit)
 
 
 @dataclass(frozen=True)
@@ -91,9 +47,6 @@ class EngineStatus:
     model_name: str
     is_small: bool
     placement: str
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 class Engine:
@@ -113,10 +66,8 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one)."""
-        self._max_job_seconds = _checked_limit(max_job_seconds)
-        self._clock = clock
+        self.jobs = JobRunner(OutputFolder(Path(output_dir), retention), max_job_seconds, clock)
         self._loader = loader
-        self.outputs = OutputFolder(Path(output_dir), retention)
         self._model_name = model_name
         self._is_small = is_small
         self._requested_placement = placement
@@ -129,8 +80,6 @@ class Engine:
         self._message = "waiting to load"
         self._job_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._prompt_cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
-        self._alpha: float | None = None
 
     @classmethod
     def from_source(
@@ -200,6 +149,10 @@ class Engine:
         self._thread.join(timeout)
         return self.status()
 
+    @property
+    def outputs(self) -> OutputFolder:
+        return self.jobs.outputs
+
     def status(self) -> EngineStatus:
         where = f"{self._placement.kind}: {self._placement.reason}" if self._placement else "not placed yet"
         return EngineStatus(self._state, self._message, self._model_name, self._is_small, where)
@@ -240,7 +193,10 @@ class Engine:
             )
         with self._job_lock:
             try:
-                return self._run(components, request, plan, progress or (lambda p: None), cancel)
+                assert self._placement is not None and self._devices is not None
+                return self.jobs.run(
+                    components, self._placement, self._devices, request, plan, progress or (lambda p: None), cancel
+                )
             except torch.OutOfMemoryError:
                 gc.collect()
                 if torch.cuda.is_available():
@@ -250,134 +206,3 @@ class Engine:
                     f"out of GPU memory at {s.width}x{s.height}, {s.num_frames} frames: lower the size "
                     "(e.g. 832x480), the frame count, or use --placement offload; the app is ready for the next job"
                 ) from None
-
-    def _run(
-        self,
-        c: PusaComponents,
-        request: Request,
-        plan: Conditioning,
-        progress: ProgressCallback,
-        cancel: threading.Event | None,
-    ) -> GenerationResult:
-        s = request.settings
-        assert self._placement is not None and self._devices is not None
-        memory = plan_job(self._placement, JobSize(s.width, s.height, s.num_frames))
-        if memory.verdict != "ok":
-            raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
-        apply_vae_tiling(c.vae, memory)
-        devices = self._devices
-        device = devices.transformer_device
-        seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
-        start = time.perf_counter()
-        deadline = Deadline.starting_now(self._max_job_seconds, self._clock) if self._max_job_seconds else None
-
-        def check_time(done: int) -> None:
-            if deadline is not None:
-                deadline.check(done, s.steps)
-
-        def report(phase: str, within: float, message: str, **extra: Any) -> None:
-            lo, hi = _PHASES[phase]
-            progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
-
-        report("prompt", 0.0, "encoding prompt")
-        notes = self._prompt_notes(c, s)
-        positive = self._embed(c, s.prompt, devices.text_device).to(device)
-        negative = self._embed(c, s.negative_prompt, devices.text_device).to(device) if s.cfg != 1.0 else None
-        check_time(0)
-
-        report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
-        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
-
-        if c.has_lora and self._alpha != s.lora_alpha:
-            set_lora_alpha(c.transformer, s.lora_alpha)
-            self._alpha = s.lora_alpha
-
-        shape = (1, c.transformer.config.in_channels, plan.num_latent_frames, s.height // 8, s.width // 8)
-        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
-
-        def on_step(r: StepReport) -> None:
-            eta = r.seconds / r.step * (r.total - r.step)
-            report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta)
-
-        report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
-        result = sample(
-            c.transformer, noise, cond_latents, plan.multiplier_vector(), positive, negative,
-            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel, deadline=deadline,
-        )
-        check_time(s.steps)
-
-        report("decode", 0.0, "decoding frames")
-        frames = from_model_pixels(decode_latents(c.vae, result.latents, devices.vae_device))
-        check_time(s.steps)  # the last chance: once writing starts the job finishes
-
-        report("write", 0.0, "writing video")
-        settings = request_to_dict(request, seed=seed, record_input=self.outputs.record_input)
-        settings["model"] = c.name
-        settings["timing_seconds"] = {"denoise": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
-        video_path = self.outputs.video_path(request.task, seed)
-        write_mp4(frames, video_path, s.fps, settings)
-        settings_path = video_path.with_suffix(".json")
-        settings_path.write_text(json.dumps(settings, indent=2))
-        self.outputs.prune()
-        report("write", 1.0, "done")
-        return GenerationResult(
-            video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height,
-            notes,
-        )
-
-    @staticmethod
-    def _prompt_notes(c: PusaComponents, s: Settings) -> tuple[str, ...]:
-        """Say when a prompt is longer than the text encoder reads: it is cut, not refused.
-
-        The stock negative prompt is left out: it is cut on small models by design, every job.
-        """
-        notes = []
-        own_negative = s.cfg != 1.0 and s.negative_prompt != DEFAULT_NEGATIVE_PROMPT
-        prompts = [("Prompt", s.prompt)] + ([("Negative prompt", s.negative_prompt)] if own_negative else [])
-        for label, text in prompts:
-            count = token_count(c.tokenizer, text)
-            if count > c.max_sequence_length:
-                notes.append(
-                    f"{label}: {count} tokens, but the text encoder reads {c.max_sequence_length}; "
-                    f"only the first {c.max_sequence_length} were used"
-                )
-        return tuple(notes)
-
-    def _embed(self, c: PusaComponents, prompt: str, device: torch.device) -> torch.Tensor:
-        key = (prompt, c.max_sequence_length)
-        if key not in self._prompt_cache:
-            self._prompt_cache[key] = encode_prompts(c.tokenizer, c.text_encoder, [prompt], c.max_sequence_length, device)
-            if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
-                self._prompt_cache.popitem(last=False)
-        self._prompt_cache.move_to_end(key)
-        return self._prompt_cache[key]
-
-    def _encode_inputs(
-        self, c: PusaComponents, request: Request, plan: Conditioning, device: torch.device
-    ) -> dict[int, torch.Tensor]:
-        """Clean latents ``[1, C, 1, h, w]`` per conditioned slot."""
-        s = request.settings
-        if isinstance(request, (ImageToVideo, MultiFrames)):
-            images = [request.image] if isinstance(request, ImageToVideo) else list(request.images)
-            out = {}
-            for i, (position, image) in enumerate(zip(plan.positions, images)):
-                field = "image" if isinstance(request, ImageToVideo) else f"images[{i + 1}]"
-                frame = fit_frame(load_image(image, field), s.width, s.height, s.fit)
-                # Every image is encoded alone as a 1-frame clip, whatever slot it goes to.
-                out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]), device)
-            return out
-        if isinstance(request, VideoToVideo):
-            needed = frames_needed(plan.positions)
-            # Each frame is fitted as it is read, so a large source costs one source frame, not the clip.
-            frames, _ = read_video(request.video, max_frames=needed, size=(s.width, s.height), fit=s.fit)
-            if len(frames) < needed:
-                raise PusaInputError(
-                    "video",
-                    f"has {len(frames)} frames but position {max(plan.positions)} needs at least {needed}; "
-                    "use a longer video or lower positions",
-                )
-            # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
-            # for those slots as encoding the whole clip.
-            latents = encode_pixels(c.vae, to_model_pixels(frames), device)
-            return {p: latents[:, :, p : p + 1] for p in plan.positions}
-        return {}

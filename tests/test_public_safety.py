@@ -296,5 +296,5 @@ def test_job_time_limit_and_retention_reach_the_engine(tmp_path: Path) -> None:
         ["--model", "random-tiny", "--output-dir", str(tmp_path), "--max-job-seconds", "90", "--keep-outputs", "5"]
     )
     engine, _ = app_module.make_engine(args)
-    assert engine._max_job_seconds == 90.0
+    assert engine.jobs.max_job_seconds == 90.0
     assert engine.outputs.retention == Retention(keep_newest=5) and engine.outputs.root == tmp_path

@@ -1,0 +1,223 @@
+"""One job, start to finish: encode prompt (cached) -> encode conditioning frames -> sample with per-frame
+timesteps -> decode -> write MP4 + settings JSON.
+
+:class:`JobRunner` holds what outlives a job (the prompt cache, the LoRA alpha last set, the output
+folder, the time limit); the engine owns the models and calls :meth:`JobRunner.run` under its lock.
+A cancel event is checked before every denoising step and between its two guidance passes. With a
+time limit, a job past it stops at the next such check, or between phases, with
+:class:`~pusa_core.errors.JobTimedOut`; nothing is written either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .conditioning import Conditioning
+from .errors import PusaInputError
+from .facts import MAX_JOB_SECONDS_FLAG, SPATIAL_COMPRESSION, frames_needed
+from .latents import decode_latents, encode_pixels
+from .loading import PusaComponents
+from .lora import set_lora_alpha
+from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
+from .memory import JobSize
+from .outputs import OutputFolder
+from .placement import Placement, StageDevices, apply_vae_tiling, plan_job
+from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
+from .sampling import Deadline, StepReport, sample
+from .text import encode_prompts, token_count
+
+# Share of a job's wall time each phase is expected to take, for one progress bar across phases.
+_PHASES = {"prompt": (0.0, 0.03), "inputs": (0.03, 0.06), "denoise": (0.06, 0.92), "decode": (0.92, 0.98), "write": (0.98, 1.0)}
+_PROMPT_CACHE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    fraction: float
+    step: int | None
+    total: int | None
+    eta_seconds: float | None
+    message: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    video_path: Path
+    settings_path: Path
+    seed: int
+    settings: dict[str, Any]
+    seconds: float
+    num_frames: int
+    width: int
+    height: int
+    notes: tuple[str, ...] = ()  # things the user should know about this job (e.g. a prompt cut to fit)
+
+
+def checked_time_limit(seconds: float | None) -> float | None:
+    """A job time limit in seconds, or None for none; anything else is refused naming the flag."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise PusaInputError(MAX_JOB_SECONDS_FLAG, f"{seconds!r} is not a time limit; give a positive number of "
+                                                   "seconds, e.g. 600, or leave it out for no limit")
+    return float(seconds)
+
+
+class JobRunner:
+    """Runs one job at a time on loaded components; keeps what is worth keeping between jobs."""
+
+    def __init__(
+        self, outputs: OutputFolder, max_job_seconds: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one)."""
+        self.outputs = outputs
+        self.max_job_seconds = checked_time_limit(max_job_seconds)
+        self._clock = clock
+        self._prompt_cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._alpha: float | None = None
+
+    def run(
+        self,
+        c: PusaComponents,
+        placement: Placement,
+        devices: StageDevices,
+        request: Request,
+        plan: Conditioning,
+        progress: ProgressCallback,
+        cancel: threading.Event | None,
+    ) -> GenerationResult:
+        s = request.settings
+        memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames))
+        if memory.verdict != "ok":
+            raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
+        apply_vae_tiling(c.vae, memory)
+        device = devices.transformer_device
+        seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
+        start = time.perf_counter()
+        deadline = Deadline.starting_now(self.max_job_seconds, self._clock) if self.max_job_seconds else None
+
+        def check_time(done: int) -> None:
+            if deadline is not None:
+                deadline.check(done, s.steps)
+
+        def report(phase: str, within: float, message: str, **extra: Any) -> None:
+            lo, hi = _PHASES[phase]
+            progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
+
+        report("prompt", 0.0, "encoding prompt")
+        notes = self._prompt_notes(c, s)
+        positive = self._embed(c, s.prompt, devices.text_device).to(device)
+        negative = self._embed(c, s.negative_prompt, devices.text_device).to(device) if s.cfg != 1.0 else None
+        check_time(0)
+
+        report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
+        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
+
+        if c.has_lora and self._alpha != s.lora_alpha:
+            set_lora_alpha(c.transformer, s.lora_alpha)
+            self._alpha = s.lora_alpha
+
+        shape = (1, c.transformer.config.in_channels, plan.num_latent_frames, s.height // SPATIAL_COMPRESSION, s.width // SPATIAL_COMPRESSION)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
+
+        def on_step(r: StepReport) -> None:
+            eta = r.seconds / r.step * (r.total - r.step)
+            report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta)
+
+        report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
+        result = sample(
+            c.transformer, noise, cond_latents, plan.multiplier_vector(), positive, negative,
+            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel, deadline=deadline,
+        )
+        check_time(s.steps)
+
+        report("decode", 0.0, "decoding frames")
+        frames = from_model_pixels(decode_latents(c.vae, result.latents, devices.vae_device))
+        check_time(s.steps)  # the last chance: once writing starts the job finishes
+
+        report("write", 0.0, "writing video")
+        settings = request_to_dict(request, seed=seed, record_input=self.outputs.record_input)
+        settings["model"] = c.name
+        settings["timing_seconds"] = {"denoise": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
+        video_path = self.outputs.video_path(request.task, seed)
+        write_mp4(frames, video_path, s.fps, settings)
+        settings_path = video_path.with_suffix(".json")
+        settings_path.write_text(json.dumps(settings, indent=2))
+        self.outputs.prune()
+        report("write", 1.0, "done")
+        return GenerationResult(
+            video_path, settings_path, seed, settings, time.perf_counter() - start, frames.shape[0], s.width, s.height,
+            notes,
+        )
+
+    @staticmethod
+    def _prompt_notes(c: PusaComponents, s: Settings) -> tuple[str, ...]:
+        """Say when a prompt is longer than the text encoder reads: it is cut, not refused.
+
+        The stock negative prompt is left out: it is cut on small models by design, every job.
+        """
+        notes = []
+        own_negative = s.cfg != 1.0 and s.negative_prompt != DEFAULT_NEGATIVE_PROMPT
+        prompts = [("Prompt", s.prompt)] + ([("Negative prompt", s.negative_prompt)] if own_negative else [])
+        for label, text in prompts:
+            count = token_count(c.tokenizer, text)
+            if count > c.max_sequence_length:
+                notes.append(
+                    f"{label}: {count} tokens, but the text encoder reads {c.max_sequence_length}; "
+                    f"only the first {c.max_sequence_length} were used"
+                )
+        return tuple(notes)
+
+    def _embed(self, c: PusaComponents, prompt: str, device: torch.device) -> torch.Tensor:
+        key = (prompt, c.max_sequence_length)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = encode_prompts(c.tokenizer, c.text_encoder, [prompt], c.max_sequence_length, device)
+            if len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        self._prompt_cache.move_to_end(key)
+        return self._prompt_cache[key]
+
+    def _encode_inputs(
+        self, c: PusaComponents, request: Request, plan: Conditioning, device: torch.device
+    ) -> dict[int, torch.Tensor]:
+        """Clean latents ``[1, C, 1, h, w]`` per conditioned slot."""
+        s = request.settings
+        if isinstance(request, (ImageToVideo, MultiFrames)):
+            images = [request.image] if isinstance(request, ImageToVideo) else list(request.images)
+            out = {}
+            for i, (position, image) in enumerate(zip(plan.positions, images)):
+                field = "image" if isinstance(request, ImageToVideo) else f"images[{i + 1}]"
+                frame = fit_frame(load_image(image, field), s.width, s.height, s.fit)
+                # Every image is encoded alone as a 1-frame clip, whatever slot it goes to.
+                out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]), device)
+            return out
+        if isinstance(request, VideoToVideo):
+            needed = frames_needed(plan.positions)
+            # Each frame is fitted as it is read, so a large source costs one source frame, not the clip.
+            frames, _ = read_video(request.video, max_frames=needed, size=(s.width, s.height), fit=s.fit)
+            if len(frames) < needed:
+                raise PusaInputError(
+                    "video",
+                    f"has {len(frames)} frames but position {max(plan.positions)} needs at least {needed}; "
+                    "use a longer video or lower positions",
+                )
+            # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
+            # for those slots as encoding the whole clip.
+            latents = encode_pixels(c.vae, to_model_pixels(frames), device)
+            return {p: latents[:, :, p : p + 1] for p in plan.positions}
+        return {}
