@@ -10,6 +10,7 @@ frames 4k-3..4k. Conditioning positions are latent indices.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,12 +31,23 @@ SPATIAL_COMPRESSION = 8
 SIZE_MULTIPLE = 16  # VAE 8x times the transformer's 2x2 patch
 TEXT_TOKENS = 512  # umT5 context length Wan was trained with
 
-# Linear layers of each Wan block that Pusa's LoRA adapts (diffusers names).
-LORA_TARGET_MODULES: tuple[str, ...] = (
-    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
-    "ffn.net.0.proj", "ffn.net.2",
-)
+# Linear layers of each Wan block that Pusa's LoRA adapts: diffusers name -> original Wan name (the
+# inverse of diffusers' convert_wan_transformer_to_diffusers renames for these linears).
+LORA_TARGETS: dict[str, str] = {
+    "attn1.to_q": "self_attn.q",
+    "attn1.to_k": "self_attn.k",
+    "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn2.to_q": "cross_attn.q",
+    "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+LORA_TARGET_MODULES: tuple[str, ...] = tuple(LORA_TARGETS)
+# peft's target_modules for them: anchored on the block, so nothing else (e.g. the I2V models' add_k_proj) matches.
+LORA_TARGET_PATTERN = r"blocks\.\d+\.(" + "|".join(re.escape(name) for name in LORA_TARGET_MODULES) + r")"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
 from .loading import PusaComponents
 from .lora import load_lora
+from .facts import LORA_TARGETS
 from .requests import Settings
 from .transformer import PusaTransformer3DModel
 from .wan_t5 import umt5_config_from_wan
@@ -83,7 +84,7 @@ def tiny_text_encoder(vocab_size: int, seed: int = 0, **overrides: Any) -> UMT5E
 
 
 # Original Wan names of the modules the Pusa LoRA trains, per block.
-PUSA_LORA_TARGETS = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
+PUSA_LORA_TARGETS = tuple(LORA_TARGETS.values())
 
 
 def random_pusa_lora(transformer: PusaTransformer3DModel, rank: int = 4, seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:

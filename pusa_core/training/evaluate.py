@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from ..latents import decode_latents, encode_pixels
 from ..lora import load_lora, set_lora_alpha
 from ..sampling import sample
-from ..facts import DEFAULT_SHIFT
+from ..facts import DEFAULT_SHIFT, SPATIAL_COMPRESSION, latent_frame_count
 from ..schedule import frame_multipliers
 from ..text import encode_prompts
 from ..transformer import PusaTransformer3DModel
@@ -72,7 +72,7 @@ def load_model(model_dir: Path) -> TinyModel:
 
 
 @dataclass(frozen=True)
-class Settings:
+class EvalSettings:
     steps: int
     cfg: float
     alpha: float
@@ -93,7 +93,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class Evaluator:
     """Generates from held-out clips with one model and measures the results."""
 
-    def __init__(self, model: TinyModel, settings: Settings, seed: int = 0) -> None:
+    def __init__(self, model: TinyModel, settings: EvalSettings, seed: int = 0) -> None:
         self.model = model
         self.settings = settings
         self.seed = seed
@@ -118,8 +118,8 @@ class Evaluator:
         """Frames ``[T, H, W, 3]`` uint8 and the final latents for one prompt and conditioning plan."""
         s = self.settings
         set_lora_alpha(self.model.transformer, alpha)
-        latent_frames = (self.frames - 1) // 4 + 1
-        shape = (1, self.model.vae.config.z_dim, latent_frames, self.height // 8, self.width // 8)
+        latent_frames = latent_frame_count(self.frames)
+        shape = (1, self.model.vae.config.z_dim, latent_frames, self.height // SPATIAL_COMPRESSION, self.width // SPATIAL_COMPRESSION)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         multipliers = frame_multipliers(latent_frames, {i: s.multiplier for i in cond})
         result = sample(self.model.transformer, noise, cond, multipliers, self._embed(caption), self.negative, s.steps, s.cfg,
@@ -217,7 +217,7 @@ def i2v_row(ev: Evaluator, clip: Clip, clip_latents: torch.Tensor, alpha: float,
 
 def start_end_row(ev: Evaluator, clip: Clip, clip_latents: torch.Tensor, alpha: float, seed: int) -> TaskResult:
     """First and last frame given: does the object start and end where the clip's does."""
-    last = (ev.frames - 1) // 4
+    last = latent_frame_count(ev.frames) - 1
     cond = {0: ev.image_latent(clip.pixels[:, 0]), last: ev.image_latent(clip.pixels[:, -1])}
     out, latents = ev.generate(clip.caption, cond, alpha, seed)
     row = motion_metrics(out, clip)
@@ -255,7 +255,7 @@ def t2v_row(ev: Evaluator, clip: Clip, clip_latents: torch.Tensor, alpha: float,
 TASKS = {"i2v": i2v_row, "start_end": start_end_row, "extension": extension_row, "t2v": t2v_row}
 
 
-def evaluate(model: TinyModel, settings: Settings, clips: int, strips: Path | None) -> dict[str, Any]:
+def evaluate(model: TinyModel, settings: EvalSettings, clips: int, strips: Path | None) -> dict[str, Any]:
     """Run every task with the LoRA and with the base on ``clips`` held-out clips (the same noise for both)."""
     ev = Evaluator(model, settings)
     rows: dict[str, list[dict[str, float]]] = {"vae_recon": []}
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--clips must be at least 1")
     model = load_model(args.model_dir)
     d = model.defaults
-    settings = Settings(
+    settings = EvalSettings(
         steps=args.steps if args.steps is not None else d["steps"],
         cfg=args.cfg if args.cfg is not None else d["cfg"],
         alpha=args.alpha if args.alpha is not None else d["lora_alpha"],

@@ -13,24 +13,12 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-ADAPTER_NAME = "default"
+from ..facts import LORA_TARGET_PATTERN, LORA_TARGETS
 
-# diffusers module suffix -> original Wan suffix, for just the modules Pusa trains. This is the
-# inverse of the renames in diffusers' convert_wan_transformer_to_diffusers for these linears.
-DIFFUSERS_TO_WAN: dict[str, str] = {
-    "attn1.to_q": "self_attn.q",
-    "attn1.to_k": "self_attn.k",
-    "attn1.to_v": "self_attn.v",
-    "attn1.to_out.0": "self_attn.o",
-    "attn2.to_q": "cross_attn.q",
-    "attn2.to_k": "cross_attn.k",
-    "attn2.to_v": "cross_attn.v",
-    "attn2.to_out.0": "cross_attn.o",
-    "ffn.net.0.proj": "ffn.0",
-    "ffn.net.2": "ffn.2",
-}
-# Anchored so that nothing else (e.g. the I2V models' add_k_proj) is caught.
-TARGET_MODULES = r"blocks\.\d+\.(" + "|".join(re.escape(k) for k in DIFFUSERS_TO_WAN) + r")"
+# peft's own default adapter name: training makes one adapter and saves it in the Pusa layout. (The
+# app loads the saved file as the adapter named by pusa_core.lora.ADAPTER_NAME.)
+TRAINING_ADAPTER = "default"
+DIFFUSERS_TO_WAN = LORA_TARGETS
 
 _PEFT_KEY = re.compile(r"^blocks\.(?P<block>\d+)\.(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
@@ -39,7 +27,7 @@ def lora_config(rank: int) -> LoraConfig:
     """peft config with ``lora_alpha == r``: scale 1, so the saved delta is exactly ``B @ A``."""
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank}")
-    return LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGET_MODULES, init_lora_weights=True)
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGET_PATTERN, init_lora_weights=True)
 
 
 def to_pusa_layout(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,6 +42,6 @@ def to_pusa_layout(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def pusa_lora_state_dict(transformer: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> dict[str, torch.Tensor]:
+def pusa_lora_state_dict(transformer: torch.nn.Module, adapter_name: str = TRAINING_ADAPTER) -> dict[str, torch.Tensor]:
     """The trained adapter of ``transformer`` in the Pusa key layout."""
     return to_pusa_layout(get_peft_model_state_dict(transformer, adapter_name=adapter_name))

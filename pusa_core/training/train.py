@@ -38,7 +38,7 @@ from ..transformer import PusaTransformer3DModel
 from .cache import LatentCache
 from .data import FRAMES, SIZE, clip_batch, make_clip
 from .fafm import flow_loss, noisy_latents, sample_sigmas, timesteps, velocity_target
-from .lora_layout import ADAPTER_NAME, lora_config, pusa_lora_state_dict
+from .lora_layout import TRAINING_ADAPTER, lora_config, pusa_lora_state_dict
 
 LORA_FILE = "pusa_lora.safetensors"
 
@@ -284,7 +284,7 @@ def train_transformer(
     set_seed(config.seed)
     if config.rank > 0:
         transformer.requires_grad_(False)
-        transformer.add_adapter(lora_config(config.rank), adapter_name=ADAPTER_NAME)
+        transformer.add_adapter(lora_config(config.rank), adapter_name=TRAINING_ADAPTER)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
