@@ -25,7 +25,7 @@ import torch
 
 from .conditioning import Conditioning
 from .errors import PusaInputError
-from .facts import MAX_JOB_SECONDS_FLAG, SPATIAL_COMPRESSION, frames_needed
+from .facts import MAX_JOB_SECONDS_FLAG, SEED, SPATIAL_COMPRESSION, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents
 from .lora import set_lora_alpha
@@ -107,7 +107,7 @@ class JobRunner:
             raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
         apply_vae_tiling(c.vae, memory)
         device = devices.transformer_device
-        seed = s.seed if s.seed is not None else random.randint(0, 2**32 - 1)
+        seed = s.seed if s.seed is not None else random.randint(int(SEED.low), int(SEED.high))
         start = time.perf_counter()
         deadline = Deadline.starting_now(self.max_job_seconds, self._clock) if self.max_job_seconds else None
 
