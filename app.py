@@ -47,14 +47,14 @@ DEFAULT_PORT = 7860
 DEFAULT_MAX_QUEUE = 20
 
 
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
-
-
 def _env(*names: str) -> str | None:
-    """The first of ``names`` set (and not empty) in the environment."""
+    """The first of ``names`` set (and not empty) in the environment: the one place the app reads it."""
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+def _env_path(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value) if value else None
 
 
 def _auth(text: str) -> tuple[str, str]:
@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         choices=(*MODEL_CHOICES, RANDOM_TINY),
-        default=os.environ.get("PUSA_MODEL", "auto"),
+        default=_env("PUSA_MODEL") or "auto",
         help="auto: the 14B model when its files are complete, else the small one; random-tiny: untrained, for trying the app",
     )
     parser.add_argument(
@@ -124,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"where the model runs (default: chosen for this machine; env {PLACEMENT_ENV} also works)",
     )
     parser.add_argument(
-        "--fp8", action="store_true", default=os.environ.get("PUSA_FP8", "") == "1",
+        "--fp8", action="store_true", default=_env("PUSA_FP8") == "1",
         help="store the 14B transformer's weights in fp8 (computes in bf16): about half the GPU memory (env PUSA_FP8=1)",
     )
     parser.add_argument("--output-dir", type=Path, default=_env_path("PUSA_OUTPUT_DIR") or Path("outputs"))
