@@ -3,6 +3,7 @@ and what the messages say when files are missing or broken."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from pusa_core.weights import (
     BASE_REPO_ID,
     LORA_REPO_ID,
+    SHIPPED_TINY_DIR,
     ModelSource,
     WeightsError,
     preflight,
@@ -96,14 +98,22 @@ def test_weights_in_the_hugging_face_cache_are_found(tmp_path: Path) -> None:
     assert source.lora_path == cache / "models--RaphaelLiu--PusaV1" / "snapshots" / "abc123" / "pusa_v1.pt"
 
 
-def test_without_any_model_auto_says_the_small_model_is_not_there_yet(tmp_path: Path) -> None:
+def test_without_any_model_auto_names_what_the_small_model_lacks_and_both_fixes(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
     with pytest.raises(WeightsError) as err:
-        resolve(tmp_path / "weights", tmp_path)
+        resolve(weights, tmp_path)
     message = str(err.value)
     assert message.startswith(
-        "No model to run: the real 14B weights are not here and neither is the small model pusa-tiny"
+        "No model to run: the real 14B weights are not here and the small model pusa-tiny is missing or "
+        f"incomplete ({weights / 'pusa-tiny'}: folder missing). It ships with the code in {SHIPPED_TINY_DIR}: "
+        "restore that folder (in a git clone: git checkout -- weights/pusa-tiny).\n"
     )
-    assert "being trained" in message and "python -m pusa_core.download --local-dir" in message
+    assert message.rstrip().endswith(f"Fetch them with: python -m pusa_core.download --local-dir {weights}")
+
+    shipped = make_tiny(tmp_path / "repo" / "weights" / "pusa-tiny")
+    (shipped / "pusa_lora.safetensors").unlink()  # a damaged checkout: the error names the shipped folder's gap
+    with pytest.raises(WeightsError, match=re.escape(f"({shipped / 'pusa_lora.safetensors'}: missing)")):
+        resolve_model_source(weights, hf_cache_dir=tmp_path / "c", shipped_tiny_dir=shipped)
 
 
 def test_the_shipped_small_model_is_used_when_the_weights_dir_lacks_one(tmp_path: Path) -> None:
