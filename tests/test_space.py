@@ -9,10 +9,14 @@ import sys
 import pytest
 import yaml
 
+from pusa_core.errors import PusaInputError
+from pusa_core.requests import Settings, TextToVideo
 from pusa_core.weights import BASE_REPO_ID, LORA_REPO_ID
 from tests.support.pins import read_pins
 from tests.support.processes import ROOT, free_port, python_env
 from ui import zerogpu
+from ui.runner import _request_size
+from ui.zerogpu import ZeroGpuJob
 
 
 def front_matter() -> dict:
@@ -38,6 +42,10 @@ def generate(prompt: str, steps: int, frames: int, width: int, height: int, cfg:
     return f"{prompt}:{steps}:{frames}:{width}x{height}:{cfg}"
 
 
+def size_of_generate(prompt: str, steps: int, frames: int, width: int, height: int, cfg: float = 5.0) -> ZeroGpuJob:
+    return ZeroGpuJob(steps, frames, width, height, cfg)
+
+
 def test_zerogpu_detection_follows_the_space_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SPACE_ID", "SPACES_ZERO_GPU"):
         monkeypatch.delenv(name, raising=False)
@@ -50,21 +58,19 @@ def test_zerogpu_detection_follows_the_space_environment(monkeypatch: pytest.Mon
 
 def test_off_zerogpu_the_function_is_returned_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    assert zerogpu.wrap_for_zerogpu(generate) is generate
+    assert zerogpu.wrap_for_zerogpu(generate, size_of_generate) is generate
 
 
-def test_wrapping_a_function_it_cannot_size_fails_everywhere() -> None:
-    def handler(prompt: str, size: str) -> str:
-        return prompt
-
-    with pytest.raises(TypeError, match="no parameter\\(s\\) steps, frames, width, height, cfg; pass job_size="):
-        zerogpu.wrap_for_zerogpu(handler)
-    sized = zerogpu.wrap_for_zerogpu(handler, job_size=lambda prompt, size: zerogpu.JobSize(4, 17, 832, 480, 5.0))
-    assert sized("a cat", "832x480") == "a cat"
+def test_the_apps_jobs_are_sized_from_their_settings() -> None:
+    duration = zerogpu.duration_for(_request_size)  # the sizer the app's runner wraps its job with
+    default = TextToVideo(Settings(prompt="a cat"))
+    assert duration(default, None, None) == 348
+    assert duration(TextToVideo(Settings(steps=4, num_frames=17)), None, None) == zerogpu.MIN_SECONDS
+    assert duration(TextToVideo(Settings(steps=50, width=1280, height=720)), None, None) == zerogpu.MAX_SECONDS
 
 
 def test_zerogpu_durations_are_sane_for_small_and_large_jobs() -> None:
-    duration = zerogpu.duration_for(zerogpu.job_size_by_name(generate))
+    duration = zerogpu.duration_for(size_of_generate)
     small = duration("a cat", 4, 17, 832, 480)
     default = duration("a cat", steps=10, frames=81, width=832, height=480, cfg=5.0)
     no_cfg = duration("a cat", 10, 81, 832, 480, 1.0)
@@ -77,16 +83,23 @@ def test_zerogpu_durations_are_sane_for_small_and_large_jobs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "field"),
-    [((0, 81, 832, 480, 5.0), "steps"), ((10, 80, 832, 480, 5.0), "frames"), ((10, 81, 8, 480, 5.0), "width/height")],
+    ("args", "message"),
+    [
+        ((0, 81, 832, 480, 5.0), "steps: must be a whole number from 1 to 100, got 0"),
+        ((10, 80, 832, 480, 5.0), "num_frames: must be 4k+1 (e.g. 17, 49, 81), got 80"),
+        ((10, 205, 832, 480, 5.0), "num_frames: must be a whole number from 1 to 201, got 205"),
+        ((10, 81, 8, 480, 5.0), "width: must be a whole number from 16 to 1920, got 8"),
+        ((10, 81, 832, 484, 5.0), "height: must be a multiple of 16, got 484"),
+        ((10, 81, 832, 480, 0.5), "cfg: must be a number from 1 to 20, got 0.5"),
+    ],
 )
-def test_zerogpu_duration_names_the_bad_field(args: tuple, field: str) -> None:
-    with pytest.raises(ValueError, match=f"^{re.escape(field)}: "):
+def test_zerogpu_duration_refuses_what_the_engine_refuses(args: tuple, message: str) -> None:
+    with pytest.raises(PusaInputError, match=f"^{re.escape(message)}$"):
         zerogpu.zerogpu_duration(*args)
 
 
-def test_zerogpu_module_does_not_import_gradio_or_spaces() -> None:
-    code = "import sys, ui.zerogpu; print(sorted(m for m in ('gradio', 'spaces') if m in sys.modules))"
+def test_zerogpu_module_does_not_import_torch_gradio_or_spaces() -> None:
+    code = "import sys, ui.zerogpu; print(sorted(m for m in ('torch', 'gradio', 'spaces') if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=python_env(), capture_output=True, text=True
     )
@@ -100,9 +113,10 @@ def test_on_zerogpu_spaces_gpu_wraps_the_function() -> None:
     if torch.version.cuda is None:
         pytest.skip("spaces' ZeroGPU mode needs a CUDA build of torch; this torch is CPU-only")
     code = (
-        "from ui.zerogpu import wrap_for_zerogpu\n"
+        "from ui.zerogpu import ZeroGpuJob, wrap_for_zerogpu\n"
         "def generate(prompt, steps, frames, width, height, cfg=5.0): return prompt\n"
-        "wrapped = wrap_for_zerogpu(generate)\n"
+        "def size(prompt, steps, frames, width, height, cfg=5.0): return ZeroGpuJob(steps, frames, width, height, cfg)\n"
+        "wrapped = wrap_for_zerogpu(generate, size)\n"
         "print(wrapped is not generate, hasattr(wrapped, 'zerogpu'))\n"
     )
     env = python_env(
