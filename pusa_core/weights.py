@@ -437,9 +437,9 @@ def resolve_model_source(
     if tiny is not None:
         return tiny
     raise WeightsError(
-        "No model to run: the real 14B weights are not here and neither is the small model "
-        f"{TINY_DIRNAME}, which is not in this checkout yet ({item.path} is missing or incomplete; "
-        f"it is being trained and will ship in weights/).\n{_real_missing_message(search, weights_dir)}"
+        f"No model to run: the real 14B weights are not here and the small model {TINY_DIRNAME} is missing or "
+        f"incomplete ({item.problems[0]}). It ships with the code in {SHIPPED_TINY_DIR}: restore that folder "
+        f"(in a git clone: git checkout -- weights/{TINY_DIRNAME}).\n{_real_missing_message(search, weights_dir)}"
     )
 
 

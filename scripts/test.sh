@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need into .venv, then runs pytest.
-# Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_shipping.py -x`.
+# Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_download.py -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

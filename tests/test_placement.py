@@ -15,7 +15,6 @@ from pusa_core.placement import (
     StageDevices,
     apply_placement,
     choose_placement,
-    detect_gpus,
     dispatch_transformer,
     offload_transformer,
     requested_kind,
@@ -170,12 +169,6 @@ def test_env_override_and_reasons():
     assert forced.kind == "offload" and ENV_VAR in forced.reason
     auto = choose_placement(simulated_gpus([24, 24]), JobSize(1280, 720, 81), env={}, simulated=True)
     assert auto.kind == "offload" and "shard would need" in auto.reason and "streamed to cuda:0" in auto.reason
-
-
-def test_detect_gpus_matches_torch():
-    gpus = detect_gpus()
-    assert len(gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    assert all(0 < g.free <= g.total for g in gpus)
 
 
 def test_apply_cpu_placement_on_tiny_components(reference):

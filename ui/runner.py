@@ -21,7 +21,7 @@ from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
 from pusa_core.requests import Request, Settings
 from ui.form import parse_size
-from ui.zerogpu import JobSize, wrap_for_zerogpu
+from ui.zerogpu import ZeroGpuJob, wrap_for_zerogpu
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ class _Job:
     left: bool = False  # the caller went away (closed the tab, killed the client, cancelled the event)
 
 
-def _request_size(request: Request, *_: Any) -> JobSize:
+def _request_size(request: Request, *_: Any) -> ZeroGpuJob:
     s = request.settings
-    return JobSize(s.steps, s.num_frames, s.width, s.height, s.cfg)
+    return ZeroGpuJob(s.steps, s.num_frames, s.width, s.height, s.cfg)
 
 
 class Runner:

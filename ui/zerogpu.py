@@ -19,12 +19,14 @@ long for ZeroGPU, use a dedicated GPU).
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from pusa_core import facts
+from pusa_core.errors import PusaInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,11 +43,11 @@ _HEADROOM = 1.2
 
 
 @dataclass(frozen=True)
-class JobSize:
-    """The numbers of a job that set how long it holds the GPU."""
+class ZeroGpuJob:
+    """The numbers of a job that set how long it holds the ZeroGPU slice."""
 
     steps: int
-    frames: int
+    num_frames: int
     width: int
     height: int
     cfg: float
@@ -61,56 +63,39 @@ def on_zerogpu() -> bool:
     )
 
 
-def zerogpu_duration(steps: int, frames: int, width: int, height: int, cfg: float) -> int:
+def _check_job(steps: int, num_frames: int, width: int, height: int, cfg: float) -> None:
+    """Refuse what the engine refuses (the limits in ``pusa_core.facts``): such a job gets no estimate."""
+    for limit, value in ((facts.STEPS, steps), (facts.FRAMES, num_frames), (facts.CFG, cfg)):
+        if problem := limit.check(value):
+            raise PusaInputError(limit.field, problem)
+    if (num_frames - 1) % facts.TEMPORAL_COMPRESSION:
+        raise PusaInputError(facts.FRAMES.field, f"must be 4k+1 (e.g. 17, 49, 81), got {num_frames!r}")
+    for name, value in (("width", width), ("height", height)):
+        if problem := facts.SIDE.check(value):
+            raise PusaInputError(name, problem)
+        if value % facts.SIZE_MULTIPLE:
+            raise PusaInputError(name, f"must be a multiple of {facts.SIZE_MULTIPLE}, got {value!r}")
+
+
+def zerogpu_duration(steps: int, num_frames: int, width: int, height: int, cfg: float) -> int:
     """Seconds of GPU time to request for one job (see the module docstring for the model)."""
-    if steps < 1:
-        raise ValueError(f"steps: {steps} must be at least 1")
-    if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"frames: {frames} must be 4k+1 (e.g. 17, 49, 81)")
-    if width < 16 or height < 16:
-        raise ValueError(f"width/height: {width}x{height} must be at least 16x16")
-    latent_frames = (frames - 1) // 4 + 1
-    tokens = latent_frames * (height // 16) * (width // 16)
+    _check_job(steps, num_frames, width, height, cfg)
+    tokens = facts.latent_tokens(width, height, num_frames)
     flops = 2 * _PARAMS * tokens + 4 * tokens**2 * _HIDDEN * _LAYERS
     passes = 2 if cfg > 1 else 1
     denoise = steps * passes * flops / _FLOPS_PER_SECOND
-    decode = _DECODE_SECONDS_REF * frames * width * height / _DECODE_PIXELS_REF
+    decode = _DECODE_SECONDS_REF * num_frames * width * height / _DECODE_PIXELS_REF
     seconds = (_OVERHEAD_SECONDS + denoise + decode) * _HEADROOM
     return int(min(MAX_SECONDS, max(MIN_SECONDS, math.ceil(seconds))))
 
 
-def job_size_by_name(fn: Callable[..., Any]) -> Callable[..., JobSize]:
-    """Read a ``JobSize`` from a call of ``fn`` through its parameters named after the fields."""
-    signature = inspect.signature(fn)
-    missing = [name for name in JobSize.__dataclass_fields__ if name not in signature.parameters]
-    if missing:
-        raise TypeError(
-            f"wrap_for_zerogpu: {fn.__qualname__} has no parameter(s) {', '.join(missing)}; "
-            "pass job_size= to say how to read the job size from its arguments"
-        )
-
-    def job_size(*args: Any, **kwargs: Any) -> JobSize:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = bound.arguments
-        return JobSize(
-            int(values["steps"]),
-            int(values["frames"]),
-            int(values["width"]),
-            int(values["height"]),
-            float(values["cfg"]),
-        )
-
-    return job_size
-
-
-def duration_for(job_size: Callable[..., JobSize]) -> Callable[..., int]:
+def duration_for(job_size: Callable[..., ZeroGpuJob]) -> Callable[..., int]:
     """The ``spaces.GPU(duration=...)`` callable: same arguments as the wrapped function."""
 
     def duration(*args: Any, **kwargs: Any) -> int:
         try:
             job = job_size(*args, **kwargs)
-            return zerogpu_duration(job.steps, job.frames, job.width, job.height, job.cfg)
+            return zerogpu_duration(job.steps, job.num_frames, job.width, job.height, job.cfg)
         except (TypeError, ValueError):
             # A bad input: the wrapped function rejects it with its own message in seconds.
             return MIN_SECONDS
@@ -124,16 +109,14 @@ if on_zerogpu():
     import spaces  # noqa: F401
 
 
-def wrap_for_zerogpu(fn: F, job_size: Callable[..., JobSize] | None = None) -> F:
+def wrap_for_zerogpu(fn: F, job_size: Callable[..., ZeroGpuJob]) -> F:
     """``spaces.GPU(fn, duration=...)`` on ZeroGPU, ``fn`` itself elsewhere.
 
-    ``job_size`` maps ``fn``'s arguments to a ``JobSize``; by default they are read from
-    parameters named ``steps``, ``frames``, ``width``, ``height`` and ``cfg``. The mapping is
-    checked everywhere, so a handler that ZeroGPU could not size fails on a laptop too.
+    ``job_size`` takes ``fn``'s arguments and returns the ``ZeroGpuJob`` they ask for; ZeroGPU calls
+    it before each call of ``fn`` to choose the duration.
     """
-    sizer = job_size if job_size is not None else job_size_by_name(fn)
     if not on_zerogpu():
         return fn
     import spaces  # already loaded at module import on ZeroGPU
 
-    return spaces.GPU(fn, duration=duration_for(sizer))
+    return spaces.GPU(fn, duration=duration_for(job_size))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,17 +11,11 @@ from gradio_client import Client, handle_file
 
 import app as app_module
 from pusa_core.engine import Engine
+from tests.support.processes import ROOT, free_port
 from ui.blocks import build_app
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SMALL = {"size": "96x64", "frames": 9, "steps": 2}  # width != height so a swap would show
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
