@@ -13,7 +13,7 @@ import torch
 
 from . import facts
 from .errors import PusaInputError
-from .facts import SIZE_MULTIPLE, TEMPORAL_COMPRESSION, latent_frame_count
+from .facts import SIZE_MULTIPLE, latent_frame_count
 from .schedule import frame_multipliers
 from .requests import ImageToVideo, MultiFrames, Request, Settings, TextToVideo, VideoToVideo
 
@@ -105,7 +105,7 @@ def validate_settings(settings: Settings, require_prompt: bool = False) -> None:
                 name, f"must be a multiple of {SIZE_MULTIPLE} between {side.low:g} and {side.high:g}, got {value!r}; try {fix}"
             )
     n = s.num_frames
-    if facts.FRAMES.check(n) or (n - 1) % TEMPORAL_COMPRESSION:
+    if facts.FRAMES.check(n) or not facts.is_frame_count(n):
         fix = (
             facts.nearest_frame_count(n)
             if isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n)

@@ -125,6 +125,11 @@ def frames_needed(positions: Sequence[int]) -> int:
     return TEMPORAL_COMPRESSION * max(positions) + 1
 
 
+def is_frame_count(n: object) -> bool:
+    """True for a pixel frame count Wan's VAE takes: a whole number 4k+1 (any length; limits are FRAMES')."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and (n - 1) % TEMPORAL_COMPRESSION == 0
+
+
 def nearest_frame_count(n: float) -> int:
     """The 4k+1 frame count nearest ``n`` within :data:`FRAMES`."""
     k = round((n - 1) / TEMPORAL_COMPRESSION)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from html import escape
 
 from pusa_core.conditioning import frame_multiplier_table, parse_multipliers, parse_positions
-from pusa_core.facts import latent_frame_count, latent_to_pixel_frames, latent_to_seconds
+from pusa_core.facts import is_frame_count, latent_frame_count, latent_to_pixel_frames, latent_to_seconds
 from pusa_core.errors import PusaInputError
 
 _BAR = 14  # px per latent frame in the SVG's own units; the SVG scales to the page width
@@ -98,7 +98,7 @@ def schedule_html(
         if isinstance(num_frames, bool) or not isinstance(num_frames, (int, float)) or not isinstance(fps, (int, float)):
             raise PusaInputError("num_frames", f"must be a number, got {num_frames!r}")
         frames = int(num_frames) if float(num_frames).is_integer() else num_frames
-        if not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
+        if not is_frame_count(frames):
             raise PusaInputError("num_frames", f"must be 4k+1 (5, 9, ..., 81), got {num_frames!r}")
         if not fps or fps <= 0:
             raise PusaInputError("fps", f"must be positive, got {fps!r}")

@@ -68,7 +68,7 @@ def _check_job(steps: int, num_frames: int, width: int, height: int, cfg: float)
     for limit, value in ((facts.STEPS, steps), (facts.FRAMES, num_frames), (facts.CFG, cfg)):
         if problem := limit.check(value):
             raise PusaInputError(limit.field, problem)
-    if (num_frames - 1) % facts.TEMPORAL_COMPRESSION:
+    if not facts.is_frame_count(num_frames):
         raise PusaInputError(facts.FRAMES.field, f"must be 4k+1 (e.g. 17, 49, 81), got {num_frames!r}")
     for name, value in (("width", width), ("height", height)):
         if problem := facts.SIDE.check(value):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..facts import TEMPORAL_COMPRESSION
+from ..facts import is_frame_count
 
 # Bright object colours against darker backgrounds keep the object separable by colour for tracking.
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -185,7 +185,7 @@ def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
 
 def make_clip(seed: int, frames: int = FRAMES, size: int = SIZE) -> Clip:
     """The clip for ``seed`` (the same pixels on every machine)."""
-    if frames < 1 or (frames - 1) % TEMPORAL_COMPRESSION:
+    if not is_frame_count(frames):
         raise ValueError(f"frames must be 4k+1 (the VAE's temporal compression), got {frames}")
     if size < 32 or size % 16:
         raise ValueError(f"size must be a multiple of 16 and at least 32, got {size}")
