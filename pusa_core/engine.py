@@ -29,8 +29,8 @@ from .facts import DEFAULT_NOISE_MULTIPLIER, MAX_JOB_SECONDS_FLAG, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents, load_components, source_defaults
 from .lora import set_lora_alpha
-from .memory import JobSize, PlanOptions
-from .placement import Placement, StageDevices, apply_placement, apply_vae_tiling, choose_placement, detect_gpus, plan_job
+from .placement import (JobSize, Placement, PlanOptions, StageDevices, apply_placement, apply_vae_tiling, choose_placement,
+                        detect_gpus, plan_job)
 from .outputs import OutputFolder, Retention
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
