@@ -41,7 +41,8 @@ def describe(placement: Placement) -> str:
     lora_dtype = "fp32" if options.weights == "fp32" else "bf16"
     lora = f"LoRA rank {options.lora_rank} ({lora_dtype}, unfused)" if options.lora_rank else "no LoRA"
     lines = [
-        f"Job: {job} -> {job.latent_frames} latent frames x {job.height // SIZE_MULTIPLE} x {job.width // SIZE_MULTIPLE} = {job.tokens} tokens",
+        f"Job: {job} -> {job.latent_frames} latent frames x {job.height // SIZE_MULTIPLE} x "
+        f"{job.width // SIZE_MULTIPLE} = {job.tokens} tokens",
         f"Model: Wan2.1-T2V-14B transformer {gib(sizes.transformer)} GiB ({options.weights}, {sizes.num_blocks} blocks), "
         f"{lora} {gib(sizes.lora)} GiB, umT5-XXL {gib(sizes.text_encoder)} GiB, VAE {gib(sizes.vae)} GiB "
         f"({options.vae_dtype})",

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import PusaInputError
-from ..facts import SIZE_MULTIPLE, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, TEXT_TOKENS, latent_frame_count, latent_tokens
+from ..facts import (SIZE_MULTIPLE, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, TEXT_TOKENS, latent_frame_count,
+                     latent_tokens)
 from .devices import GIB
 from .models import VAE_DTYPES, MetaModels, PlanOptions
 
