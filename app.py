@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="auto: the 14B model when its files are complete, else the small one; random-tiny: untrained, for trying the app",
     )
     parser.add_argument(
-        "--placement", choices=PLACEMENT_KINDS, default=None,
+        "--placement", choices=PLACEMENT_KINDS, default=_env(PLACEMENT_ENV),
         help=f"where the model runs (default: chosen for this machine; env {PLACEMENT_ENV} also works)",
     )
     parser.add_argument(
@@ -158,7 +158,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for the chosen model, and the notice the page shows about it (empty for the real model)."""
     if args.model == RANDOM_TINY:
-        return Engine.from_components(random_tiny_components(), **engine_options(args)), random_model_notice(
+        return Engine.from_components(random_tiny_components(), placement=args.placement, **engine_options(args)), random_model_notice(
             "Chosen with --model random-tiny."
         )
     report = preflight(args.weights_dir, args.base_dir, args.lora)
@@ -170,10 +170,10 @@ def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         if explicit:
             raise
         # Nothing on disk at all: the app still starts, on a model built from configs, and says so.
-        return Engine.from_components(random_tiny_components(), **engine_options(args)), random_model_notice(
+        return Engine.from_components(random_tiny_components(), placement=args.placement, **engine_options(args)), random_model_notice(
             f"No model was found. {report.summary}" + (f"\n\n```bash\n{report.fetch_command}\n```" if report.fetch_command else "")
         )
-    # No --placement: the engine chooses for this machine (PUSA_PLACEMENT is read there too).
+    # No --placement (nor PUSA_PLACEMENT): the engine chooses for this machine.
     engine = Engine.from_source(source, placement=args.placement, fp8=args.fp8, **engine_options(args))
     notice = small_model_notice(report.summary, report.fetch_command) if source.is_small else ""
     return engine, notice

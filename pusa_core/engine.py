@@ -22,9 +22,8 @@ from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_NOISE_MULTIPLIER
 from .job import GenerationResult, JobRunner, Progress, ProgressCallback
 from .loading import PusaComponents, load_components, source_defaults
-from .memory import JobSize, PlanOptions
 from .outputs import OutputFolder, Retention
-from .placement import Placement, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
+from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
 from .requests import Request, Settings
 from .weights import ModelSource
 
@@ -138,7 +137,7 @@ class Engine:
             vae_config=_architecture(c.vae.config),
         )
         d = c.defaults
-        job = JobSize(d.width, d.height, d.num_frames) if c.is_small else JobSize(1280, 720, 81)
+        job = JobSize(d.width, d.height, d.num_frames) if c.is_small else REFERENCE_JOB
         placement = choose_placement(detect_gpus(), job=job, requested=self._requested_placement, options=options)
         return placement, apply_placement(placement, c.transformer, c.text_encoder, c.vae)
 

@@ -30,9 +30,8 @@ from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents
 from .lora import set_lora_alpha
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
-from .memory import JobSize
 from .outputs import OutputFolder
-from .placement import Placement, StageDevices, apply_vae_tiling, plan_job
+from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_job
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import Deadline, StepReport, sample
 from .text import encode_prompts, token_count

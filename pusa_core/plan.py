@@ -10,15 +10,17 @@ read and no GPU is needed. Exit status: 0 when the plan fits, 1 when it is refus
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import PusaInputError
-from .memory import JobSize, MemoryPlan, PlanOptions, gib
-from .placement import KINDS, Placement, choose_placement, detect_gpus, simulated_gpus
+from .facts import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, HD_HEIGHT, HD_WIDTH, PUSA_LORA_RANK, SIZE_MULTIPLE
+from .placement import (ENV_VAR, KINDS, JobSize, MemoryPlan, Placement, PlanOptions, choose_placement, detect_gpus,
+                        gib, simulated_gpus)
 
 TABLE_GPUS = ((48, 48), (24, 24), (80,), (24,))
-TABLE_SIZES = ((832, 480), (1280, 720))
-TABLE_FRAMES = 81
+TABLE_SIZES = ((DEFAULT_WIDTH, DEFAULT_HEIGHT), (HD_WIDTH, HD_HEIGHT))
+TABLE_FRAMES = DEFAULT_FRAMES
 COLUMNS = ("transformer", "lora", "text encoder", "vae")
 
 
@@ -39,7 +41,8 @@ def describe(placement: Placement) -> str:
     lora_dtype = "fp32" if options.weights == "fp32" else "bf16"
     lora = f"LoRA rank {options.lora_rank} ({lora_dtype}, unfused)" if options.lora_rank else "no LoRA"
     lines = [
-        f"Job: {job} -> {job.latent_frames} latent frames x {job.height // 16} x {job.width // 16} = {job.tokens} tokens",
+        f"Job: {job} -> {job.latent_frames} latent frames x {job.height // SIZE_MULTIPLE} x "
+        f"{job.width // SIZE_MULTIPLE} = {job.tokens} tokens",
         f"Model: Wan2.1-T2V-14B transformer {gib(sizes.transformer)} GiB ({options.weights}, {sizes.num_blocks} blocks), "
         f"{lora} {gib(sizes.lora)} GiB, umT5-XXL {gib(sizes.text_encoder)} GiB, VAE {gib(sizes.vae)} GiB "
         f"({options.vae_dtype})",
@@ -100,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pusa_core.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=_parse_gpus, help="simulate GPUs of these GB, e.g. 48,48 (default: detect)")
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT, multiples of 16 (default 1280x720)")
-    parser.add_argument("--frames", type=int, default=81, help="pixel frames, 4k+1 (default 81)")
-    parser.add_argument("--placement", choices=("auto",) + KINDS, default=None,
-                        help="override the automatic choice (also env PUSA_PLACEMENT)")
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"pixel frames, 4k+1 (default {DEFAULT_FRAMES})")
+    parser.add_argument("--placement", choices=("auto",) + KINDS, default=os.environ.get(ENV_VAR),
+                        help=f"override the automatic choice (also env {ENV_VAR})")
     parser.add_argument("--fp8", action="store_true", help="store the transformer weights in fp8")
-    parser.add_argument("--lora-rank", type=int, default=512, help="LoRA rank, 0 for none or fused (default 512)")
+    parser.add_argument("--lora-rank", type=int, default=PUSA_LORA_RANK,
+                        help=f"LoRA rank, 0 for none or fused (default {PUSA_LORA_RANK})")
     parser.add_argument("--table", action="store_true", help="print the README table of standard cases")
     args = parser.parse_args(argv)
     try:

@@ -212,7 +212,8 @@ def test_video_examples_fit_the_model_length() -> None:
 
 
 def test_flags_default_to_localhost_and_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PUSA_HOST", "PUSA_PORT", "PUSA_MODEL", "PUSA_WEIGHTS_DIR", "PUSA_OUTPUT_DIR", "PUSA_BASE_DIR", "PUSA_LORA"):
+    for name in ("PUSA_HOST", "PUSA_PORT", "PUSA_MODEL", "PUSA_WEIGHTS_DIR", "PUSA_OUTPUT_DIR", "PUSA_BASE_DIR", "PUSA_LORA",
+                 "PUSA_PLACEMENT"):
         monkeypatch.delenv(name, raising=False)
     args = app_module.parse_args([])
     assert (args.host, args.port, args.share, args.model) == ("127.0.0.1", 7860, False, "auto")
@@ -223,8 +224,10 @@ def test_flags_default_to_localhost_and_read_the_environment(monkeypatch: pytest
     monkeypatch.setenv("PUSA_PORT", "9000")
     monkeypatch.setenv("PUSA_MODEL", "random-tiny")
     monkeypatch.setenv("PUSA_WEIGHTS_DIR", "/data/weights")
+    monkeypatch.setenv("PUSA_PLACEMENT", "single")
     args = app_module.parse_args([])
     assert (args.host, args.port, args.model, args.weights_dir) == ("0.0.0.0", 9000, "random-tiny", Path("/data/weights"))
+    assert args.placement == "single"
     args = app_module.parse_args(["--port", "7000", "--model", "pusa-tiny", "--share", "--placement", "offload"])
     assert (args.port, args.model, args.share, args.placement) == (7000, "pusa-tiny", True, "offload")
 

@@ -18,21 +18,23 @@ from transformers import UMT5Config
 
 from pusa_core import plan as plan_cli
 from pusa_core.errors import PusaInputError
-from pusa_core.memory import (
+from pusa_core.loading import TRANSFORMER_14B_CONFIG
+from pusa_core.placement import (
+    ENV_VAR,
     GIB,
-    UMT5_XXL_PARAMS,
-    WAN_14B_TRANSFORMER_CONFIG,
     Host,
     JobSize,
     PlanOptions,
-    build_meta_transformer,
+    choose_placement,
     detect_host,
-    estimate_activations,
     gib,
-    meta_models,
+    plan_job,
     plan_memory,
+    simulated_gpus,
+    simulated_host,
 )
-from pusa_core.placement import choose_placement, plan_job, simulated_gpus, simulated_host
+from pusa_core.placement.activations import estimate_activations
+from pusa_core.placement.models import UMT5_XXL_PARAMS, build_meta_transformer, meta_models
 from pusa_core.transformer import PusaTransformer3DModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 def _real_config() -> dict:
-    return json.loads(WAN_14B_TRANSFORMER_CONFIG.read_text())
+    return json.loads(TRANSFORMER_14B_CONFIG.read_text())
 
 
 def _small_model_options() -> PlanOptions:
@@ -254,6 +256,20 @@ def test_cli_bad_flags_exit_2(flags, field, capsys):
     assert exit_.value.code == 2 and field in capsys.readouterr().err
 
 
+def test_cli_reads_the_placement_from_its_environment_variable(monkeypatch, capsys):
+    flags = ["--gpus", "48,48", "--size", "832x480"]
+    monkeypatch.setenv(ENV_VAR, "offload")
+    assert plan_cli.main(flags) == 0
+    assert "Placement: offload - offload requested (--placement / PUSA_PLACEMENT)" in capsys.readouterr().out
+    assert plan_cli.main([*flags, "--placement", "auto"]) == 0  # the flag wins
+    assert "Placement: shard - 2 GPUs" in capsys.readouterr().out
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(SystemExit) as exit_:
+        plan_cli.main(flags)
+    assert exit_.value.code == 2
+    assert "error: placement: 'gpu' is not a placement (--placement / PUSA_PLACEMENT)" in capsys.readouterr().err
+
+
 def test_cli_table(capsys):
     assert plan_cli.main(["--table"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
@@ -301,10 +317,10 @@ def test_cpu_budget_counts_loaded_weights_back_and_reads_this_machine():
 
 def test_cpu_placement_plans_each_job_against_the_ram():
     options = _small_model_options()
-    simulated = choose_placement([], JobSize(64, 64, 17), options=options, env={}, host=simulated_host(23))
+    simulated = choose_placement([], JobSize(64, 64, 17), options=options, host=simulated_host(23))
     assert simulated.kind == "cpu" and simulated.memory.verdict == "ok"
     assert plan_job(simulated, JobSize(1920, 1920, 201)).verdict == "refuse"
-    applied = choose_placement([], JobSize(64, 64, 17), options=options, env={})
+    applied = choose_placement([], JobSize(64, 64, 17), options=options)
     job = plan_job(applied, JobSize(64, 64, 17))
     assert job.host.holds_weights and job.host.name == "host RAM"
 

@@ -9,24 +9,24 @@ from peft import LoraConfig, inject_adapter_in_model
 from transformers import UMT5Config, UMT5EncoderModel
 
 from pusa_core.errors import PusaInputError
-from pusa_core.memory import JobSize, PlanOptions, build_meta_transformer, enable_fp8_storage, module_bytes
 from pusa_core.placement import (
     ENV_VAR,
+    JobSize,
+    PlanOptions,
     StageDevices,
     apply_placement,
     choose_placement,
-    dispatch_transformer,
-    offload_transformer,
     requested_kind,
     simulated_gpus,
     simulated_host,
-    stream_text_encoder,
 )
+from pusa_core.placement.apply import dispatch_transformer, offload_transformer, stream_text_encoder
+from pusa_core.facts import LORA_TARGET_PATTERN
+from pusa_core.placement.models import build_meta_transformer, enable_fp8_storage, module_bytes
 from pusa_core.transformer import PusaTransformer3DModel
 
 TINY = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, text_dim=16, freq_dim=32)
-TINY_LORA = LoraConfig(r=4, lora_alpha=4, target_modules=r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
-                                                         r"|blocks\.\d+\.ffn\.net\.(0\.proj|2)")
+TINY_LORA = LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGET_PATTERN)
 TINY_JOB = JobSize(32, 32, 9)  # latents [1, 16, 3, 4, 4]
 
 
@@ -124,28 +124,27 @@ def test_fp8_storage_real_bytes_equal_the_meta_plan():
     assert (fp8_out - bf16_out).norm() / bf16_out.norm() < 0.1
 
 
-def test_requested_kind_from_argument_and_env():
-    assert requested_kind(None, {}) is None
-    assert requested_kind("auto", {}) is None
-    assert requested_kind(None, {ENV_VAR: "Offload"}) == "offload"
-    assert requested_kind("single", {ENV_VAR: "offload"}) == "single"
-    with pytest.raises(PusaInputError) as err:
-        requested_kind(None, {ENV_VAR: "gpu"})
-    assert err.value.field == ENV_VAR and "shard, single, offload, cpu" in str(err.value)
-    with pytest.raises(PusaInputError, match="placement: 'two' is not a placement"):
-        requested_kind("two", {})
+def test_requested_kind_is_validated_and_the_error_names_the_flag_and_its_variable():
+    assert requested_kind(None) is None and requested_kind("") is None and requested_kind("auto") is None
+    assert requested_kind(" Offload ") == "offload"
+    for bad in ("gpu", "two"):
+        with pytest.raises(PusaInputError) as err:
+            requested_kind(bad)
+        assert err.value.field == "placement"
+        assert str(err.value) == (f"placement: {bad!r} is not a placement (--placement / PUSA_PLACEMENT); "
+                                  "use one of auto, shard, single, offload, cpu")
 
 
 def test_choose_without_gpus_is_cpu_and_bad_overrides_are_refused():
-    placement = choose_placement([], TINY_JOB, env={})
+    placement = choose_placement([], TINY_JOB)
     assert placement.kind == "cpu" and "no CUDA GPU" in placement.reason
     assert placement.memory.options.weights == "fp32"
     with pytest.raises(PusaInputError, match="needs a CUDA GPU"):
-        choose_placement([], TINY_JOB, requested="single", env={})
+        choose_placement([], TINY_JOB, requested="single")
     with pytest.raises(PusaInputError, match="two or more GPUs"):
-        choose_placement(simulated_gpus([48]), TINY_JOB, requested="shard", env={}, simulated=True)
+        choose_placement(simulated_gpus([48]), TINY_JOB, requested="shard", simulated=True)
     with pytest.raises(PusaInputError, match="fp8"):
-        choose_placement([], TINY_JOB, requested="cpu", options=PlanOptions(weights="fp8"), env={})
+        choose_placement([], TINY_JOB, requested="cpu", options=PlanOptions(weights="fp8"))
 
 
 def test_simulated_host_sizes():
@@ -158,22 +157,24 @@ def test_simulated_host_sizes():
 
 def test_requested_cpu_placement_keeps_the_simulated_ram():
     ram = simulated_host(8)
-    placement = choose_placement(simulated_gpus([80]), TINY_JOB, requested="cpu", env={}, simulated=True, host=ram)
+    placement = choose_placement(simulated_gpus([80]), TINY_JOB, requested="cpu", simulated=True, host=ram)
     assert placement.kind == "cpu" and placement.host == ram and placement.memory.host == ram
     assert placement.memory.devices[0].budget == ram.budget
 
 
-def test_env_override_and_reasons():
-    two = simulated_gpus([48, 48])
-    forced = choose_placement(two, JobSize(1280, 720, 81), env={ENV_VAR: "offload"}, simulated=True)
-    assert forced.kind == "offload" and ENV_VAR in forced.reason
-    auto = choose_placement(simulated_gpus([24, 24]), JobSize(1280, 720, 81), env={}, simulated=True)
+def test_requested_override_and_reasons_and_the_environment_is_left_to_the_caller(monkeypatch):
+    two, job = simulated_gpus([48, 48]), JobSize(1280, 720, 81)
+    forced = choose_placement(two, job, requested="offload", simulated=True)
+    assert forced.kind == "offload" and forced.reason == f"offload requested (--placement / {ENV_VAR})"
+    monkeypatch.setenv(ENV_VAR, "offload")  # the app and the plan CLI read it and pass it as ``requested``
+    assert choose_placement(two, job, simulated=True).kind == "shard"
+    auto = choose_placement(simulated_gpus([24, 24]), job, simulated=True)
     assert auto.kind == "offload" and "shard would need" in auto.reason and "streamed to cuda:0" in auto.reason
 
 
 def test_apply_cpu_placement_on_tiny_components(reference):
     options = PlanOptions(transformer_config=TINY, lora_rank=4)
-    placement = choose_placement([], TINY_JOB, options=options, env={})
+    placement = choose_placement([], TINY_JOB, options=options)
     model = _tiny_model().to(torch.bfloat16)
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1,
@@ -187,6 +188,6 @@ def test_apply_cpu_placement_on_tiny_components(reference):
 
 
 def test_simulated_plans_cannot_be_applied():
-    placement = choose_placement(simulated_gpus([80]), TINY_JOB, env={}, simulated=True)
+    placement = choose_placement(simulated_gpus([80]), TINY_JOB, simulated=True)
     with pytest.raises(PusaInputError, match="simulated"):
         apply_placement(placement, _tiny_model(), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))

@@ -1,0 +1,134 @@
+"""The size of a job and the activations it needs: a simple, conservative model of the largest
+tensors alive at once in each stage. Every coefficient says where it comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import PusaInputError
+from ..facts import (SIZE_MULTIPLE, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, TEXT_TOKENS, latent_frame_count,
+                     latent_tokens)
+from .devices import GIB
+from .models import VAE_DTYPES, MetaModels, PlanOptions
+
+# 512 tokens through umT5-XXL: hidden states, the 64-head 512x512 position bias and scores, the
+# gated FFN; about 0.2 GiB in bf16, allowed 0.5.
+TEXT_ENCODE_ACTIVATIONS = GIB // 2
+
+# Transformer block working set, bytes per element of a [tokens, hidden] tensor with bf16
+# compute (PusaTransformerBlock + diffusers' WanAttnProcessor, SDPA without a tokens x tokens
+# matrix). Attention stage: residual and modulated input (2 + 2), fp32 norm and modulation
+# temporaries (4 + 4), q, k, v and their normed / rotated copies (6 + 4), attention output (2).
+# FFN stage: residual, input and output (6), fp32 gating temporaries (12), plus 4 bytes per
+# [tokens, ffn_dim] element (hidden and GELU output). Measured with a live-tensor tracker on CPU
+# (torch 2.13, flash SDPA): 26 bytes per element for Wan's ffn/hidden ratio 2.7; this gives 28.8.
+ATTENTION_STAGE_BYTES = 24
+FFN_STAGE_BYTES = 18
+FFN_HIDDEN_BYTES = 4
+# Cross attention over the 512 text tokens (k, v, their normed copies, fp32 norm temporaries):
+# bytes per element of a [text tokens, hidden] tensor. Measured: 2 MB at hidden 256 (12 bytes).
+CROSS_ATTENTION_TEXT_BYTES = 16
+# Hidden states between blocks, twice: an accelerate hook copies them to the next block's device.
+STREAM_BYTES = 4
+# The sampler's fp32 latent-sized tensors: latents, noise, conditioning, two velocities, guided
+# velocity, next latents and one spare.
+SAMPLER_LATENT_COPIES = 8
+
+# Wan VAE decode working set per output pixel per decoder base channel: the causal-conv feature
+# caches of every resolution level plus the full-resolution stage of one 4-frame chunk. Measured
+# 48 elements on diffusers 0.42.1 (AutoencoderKLWan, fp32, CPU live-tensor tracker); 56 is used.
+# Encoding conditioning frames needs less (measured 32).
+VAE_ELEMENTS_PER_PIXEL_CHANNEL = 56
+# Decoded frames are concatenated chunk by chunk and clamped (three video-sized tensors); a tiled
+# decode also keeps every tile's output for blending (four).
+VAE_VIDEO_COPIES = 3
+VAE_TILED_VIDEO_COPIES = 4
+# With fp8 storage each linear is upcast to bf16 for its forward: one largest linear in bf16.
+FP8_UPCAST_LAYERS = 1
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """The size of one generation: pixels and frames. Pos/neg CFG run as two batch-1 passes."""
+
+    width: int
+    height: int
+    frames: int
+
+    def __post_init__(self) -> None:
+        for name, value in (("width", self.width), ("height", self.height)):
+            if not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+                raise PusaInputError(name, f"{value!r} must be a positive multiple of {SIZE_MULTIPLE} "
+                                           "(e.g. 1280x720, 832x480)")
+        if not isinstance(self.frames, int) or self.frames < 1 or (self.frames - 1) % TEMPORAL_COMPRESSION:
+            step = TEMPORAL_COMPRESSION
+            raise PusaInputError("frames", f"{self.frames!r} must be {step}k+1 (1, {step + 1}, ..., 81)")
+
+    @classmethod
+    def parse(cls, size: str, frames: int) -> JobSize:
+        """``"1280x720"`` and a frame count."""
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
+        if not match:
+            raise PusaInputError("size", f"{size!r} must be WIDTHxHEIGHT, e.g. 1280x720")
+        return cls(int(match.group(1)), int(match.group(2)), frames)
+
+    @property
+    def latent_frames(self) -> int:
+        return latent_frame_count(self.frames)
+
+    @property
+    def tokens(self) -> int:
+        """Transformer tokens: latent frames x (H/8/2) x (W/8/2)."""
+        return latent_tokens(self.width, self.height, self.frames)
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}, {self.frames} frames"
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Working-set bytes of each stage for one job (see the coefficients at the top of the module)."""
+
+    modulation: int  # per-frame modulation [B, F, 6, D] and time embedding [B, F, D], fp32
+    stream: int  # hidden states (twice), rotary tables, text states
+    block: int  # one block's largest working set
+    fp8_upcast: int  # one linear upcast from fp8 storage
+    sampler: int  # fp32 latent-sized tensors of the sampler
+    text_encode: int
+    vae_decode: int
+    vae_decode_tiled: int
+
+    @property
+    def transformer(self) -> int:
+        return self.modulation + self.stream + self.block + self.fp8_upcast
+
+
+def estimate_activations(job: JobSize, options: PlanOptions, models: MetaModels) -> Activations:
+    """The conservative activation model for ``job``."""
+    cfg = models.transformer.config
+    heads, head_dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
+    dim, ffn, text_dim = heads * head_dim, cfg["ffn_dim"], cfg["text_dim"]
+    tokens, frames = job.tokens, job.latent_frames
+    scale = options.compute_bytes / 2  # the coefficients are for bf16 compute
+    block = max(ATTENTION_STAGE_BYTES * tokens * dim, FFN_STAGE_BYTES * tokens * dim + FFN_HIDDEN_BYTES * tokens * ffn)
+    block += CROSS_ATTENTION_TEXT_BYTES * TEXT_TOKENS * dim
+    stream = STREAM_BYTES * tokens * dim + 2 * 4 * tokens * head_dim + 2 * TEXT_TOKENS * (text_dim + dim)
+    latent_pixels = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)
+    latent_elems = cfg["in_channels"] * frames * latent_pixels
+    vae_bytes = VAE_DTYPES[options.vae_dtype].itemsize
+    video = 3 * job.frames * job.width * job.height * vae_bytes
+    per_pixel = VAE_ELEMENTS_PER_PIXEL_CHANNEL * models.vae_base_dim * vae_bytes
+    tile_h, tile_w = models.vae_tile
+    tile_pixels = min(tile_h, job.height) * min(tile_w, job.width)
+    return Activations(
+        modulation=frames * 7 * dim * 4,
+        stream=int(stream * scale),
+        block=int(block * scale),
+        fp8_upcast=FP8_UPCAST_LAYERS * models.sizes.largest_fp8_linear_params * 2,
+        sampler=SAMPLER_LATENT_COPIES * latent_elems * 4,
+        text_encode=int(TEXT_ENCODE_ACTIVATIONS * scale),
+        vae_decode=per_pixel * job.width * job.height + VAE_VIDEO_COPIES * video,
+        vae_decode_tiled=per_pixel * tile_pixels + VAE_TILED_VIDEO_COPIES * video,
+    )
