@@ -35,12 +35,9 @@ from pusa_core.engine import Engine
 from pusa_core.outputs import Retention
 from pusa_core.placement import ENV_VAR as PLACEMENT_ENV
 from pusa_core.placement import KINDS as PLACEMENT_KINDS
-from pusa_core.tiny_models import random_tiny_components
-from pusa_core.weights import DEFAULT_WEIGHTS_DIR, MODEL_CHOICES, WeightsError, preflight, resolve_model_source
+from pusa_core.model_choice import MODELS, choose_engine
+from pusa_core.weights import DEFAULT_WEIGHTS_DIR, WeightsError
 from ui.blocks import build_app
-
-RANDOM_TINY = "random-tiny"
-
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -115,7 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora", type=Path, default=_env_path("PUSA_LORA"), help="the Pusa V1 LoRA file (pusa_v1.pt)")
     parser.add_argument(
         "--model",
-        choices=(*MODEL_CHOICES, RANDOM_TINY),
+        choices=MODELS,
         default=_env("PUSA_MODEL") or "auto",
         help="auto: the 14B model when its files are complete, else the small one; random-tiny: untrained, for trying the app",
     )
@@ -129,8 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", type=Path, default=_env_path("PUSA_OUTPUT_DIR") or Path("outputs"))
     args = parser.parse_args(argv)
-    if args.model not in (*MODEL_CHOICES, RANDOM_TINY):
-        parser.error(f"PUSA_MODEL={args.model!r} is not a model; choose one of {', '.join((*MODEL_CHOICES, RANDOM_TINY))}")
+    if args.model not in MODELS:
+        parser.error(f"PUSA_MODEL={args.model!r} is not a model; choose one of {', '.join(MODELS)}")
     return args
 
 
@@ -157,26 +154,15 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for the chosen model, and the notice the page shows about it (empty for the real model)."""
-    if args.model == RANDOM_TINY:
-        return Engine.from_components(random_tiny_components(), placement=args.placement, **engine_options(args)), random_model_notice(
-            "Chosen with --model random-tiny."
-        )
-    report = preflight(args.weights_dir, args.base_dir, args.lora)
-    print(report.summary, flush=True)
-    try:
-        source = resolve_model_source(args.weights_dir, args.base_dir, args.lora, args.model)
-    except WeightsError:
-        explicit = args.model != "auto" or args.base_dir is not None or args.lora is not None
-        if explicit:
-            raise
-        # Nothing on disk at all: the app still starts, on a model built from configs, and says so.
-        return Engine.from_components(random_tiny_components(), placement=args.placement, **engine_options(args)), random_model_notice(
-            f"No model was found. {report.summary}" + (f"\n\n```bash\n{report.fetch_command}\n```" if report.fetch_command else "")
-        )
-    # No --placement (nor PUSA_PLACEMENT): the engine chooses for this machine.
-    engine = Engine.from_source(source, placement=args.placement, fp8=args.fp8, **engine_options(args))
-    notice = small_model_notice(report.summary, report.fetch_command) if source.is_small else ""
-    return engine, notice
+    choice = choose_engine(
+        args.model, args.weights_dir, args.base_dir, args.lora, placement=args.placement, fp8=args.fp8,
+        say=lambda text: print(text, flush=True), **engine_options(args),
+    )
+    if choice.kind == "random":
+        fetch = f"\n\n```bash\n{choice.fetch_command}\n```" if choice.fetch_command else ""
+        return choice.engine, random_model_notice(choice.reason + fetch)
+    notice = small_model_notice(choice.reason, choice.fetch_command) if choice.kind == "small" else ""
+    return choice.engine, notice
 
 
 def launch(demo: gr.Blocks, args: argparse.Namespace, block: bool = True) -> None:

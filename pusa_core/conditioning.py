@@ -6,8 +6,10 @@ Conditioning positions are latent indices (see :mod:`pusa_core.facts` for the fr
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,6 +21,32 @@ from .requests import ImageToVideo, MultiFrames, Request, Settings, TextToVideo,
 
 POSITIONS_EXAMPLE = "0,20"
 MULTIPLIERS_EXAMPLE = "0.2,0.5"
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x×X*,]\s*(\d+)\s*$")
+
+
+def parse_size(text: object, how: str = "type WIDTHxHEIGHT") -> tuple[int, int]:
+    """``"832x480"`` -> ``(832, 480)``. Validation checks the numbers; this checks the shape of the text.
+
+    ``how`` says how to give a size where it is asked for (the page also offers presets).
+    """
+    match = _SIZE_PATTERN.match(text) if isinstance(text, str) else None
+    if not match:
+        raise PusaInputError("size", f"{text!r} is not a size; {how}, e.g. 832x480")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_number(value: Any, field: str) -> int | float | Any:
+    """A typed number as an int when it is whole; text that reads as a number is read; the rest goes to validation."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise PusaInputError(field, "is empty; type a number")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise PusaInputError(field, f"{value!r} is not a number") from None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _split(text: object, field: str, example: str) -> list:

@@ -7,8 +7,6 @@ so the messages a user sees name the same fields whether they use the page or ``
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -16,32 +14,15 @@ from typing import Any
 
 import gradio as gr
 
+from pusa_core import conditioning
+from pusa_core.conditioning import parse_number as number
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import Settings
 
-_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[x×X*,]\s*(\d+)\s*$")
-
 
 def parse_size(text: object) -> tuple[int, int]:
-    """``"832x480"`` -> ``(832, 480)``. The engine checks the numbers; this checks the shape of the text."""
-    match = _SIZE_PATTERN.match(text) if isinstance(text, str) else None
-    if not match:
-        raise PusaInputError("size", f"{text!r} is not a size; pick a preset or type WIDTHxHEIGHT, e.g. 832x480")
-    return int(match.group(1)), int(match.group(2))
-
-
-def number(value: Any, field: str) -> int | float | Any:
-    """A form number as an int when it is whole; text that reads as a number is read; the rest goes to the engine."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise PusaInputError(field, "is empty; type a number")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise PusaInputError(field, f"{value!r} is not a number") from None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    return value
+    """``"832x480"`` -> ``(832, 480)``; the message points at the size presets too."""
+    return conditioning.parse_size(text, how="pick a preset or type WIDTHxHEIGHT")
 
 
 def seed_value(seed: Any, randomize_seed: Any) -> int | float | None:
