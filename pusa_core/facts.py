@@ -26,6 +26,11 @@ DEFAULT_FRAMES = 81
 DEFAULT_FPS = 16
 PUSA_LORA_RANK = 512
 
+# Wan2.1-T2V-14B's size, for time estimates (the memory planner reads the exact config).
+WAN_14B_PARAMS = 14e9
+WAN_14B_DIM = 5120
+WAN_14B_LAYERS = 40
+
 # -- Wan's geometry ---------------------------------------------------------------------------------
 TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
@@ -135,6 +140,12 @@ def nearest_frame_count(n: float) -> int:
     """The 4k+1 frame count nearest ``n`` within :data:`FRAMES`."""
     k = round((n - 1) / TEMPORAL_COMPRESSION)
     return int(min(FRAMES.high, max(FRAMES.low, k * TEMPORAL_COMPRESSION + 1)))
+
+
+def pass_flops(tokens: int) -> float:
+    """FLOPs of one 14B transformer pass over ``tokens``: 2 x params per token in the linear layers, plus
+    attention's two ``tokens x tokens x dim`` matmuls (2 FLOPs each multiply-add) in every layer."""
+    return 2 * WAN_14B_PARAMS * tokens + 4 * tokens**2 * WAN_14B_DIM * WAN_14B_LAYERS
 
 
 def latent_tokens(width: int, height: int, num_frames: int, patch: int = 2) -> int:

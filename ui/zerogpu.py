@@ -32,13 +32,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 MIN_SECONDS = 60
 MAX_SECONDS = 2400
-_PARAMS = 14e9
-_HIDDEN = 5120
-_LAYERS = 40
 _FLOPS_PER_SECOND = 150e12
 _OVERHEAD_SECONDS = 20.0
 _DECODE_SECONDS_REF = 30.0  # VAE decode of the reference video below
-_DECODE_PIXELS_REF = 81 * 832 * 480
+_DECODE_PIXELS_REF = facts.DEFAULT_FRAMES * facts.DEFAULT_WIDTH * facts.DEFAULT_HEIGHT
 _HEADROOM = 1.2
 
 
@@ -81,7 +78,7 @@ def zerogpu_duration(steps: int, num_frames: int, width: int, height: int, cfg: 
     """Seconds of GPU time to request for one job (see the module docstring for the model)."""
     _check_job(steps, num_frames, width, height, cfg)
     tokens = facts.latent_tokens(width, height, num_frames)
-    flops = 2 * _PARAMS * tokens + 4 * tokens**2 * _HIDDEN * _LAYERS
+    flops = facts.pass_flops(tokens)
     passes = 2 if cfg > 1 else 1
     denoise = steps * passes * flops / _FLOPS_PER_SECOND
     decode = _DECODE_SECONDS_REF * num_frames * width * height / _DECODE_PIXELS_REF
