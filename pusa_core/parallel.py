@@ -47,7 +47,7 @@ from diffusers import ContextParallelConfig
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .errors import GenerationCancelled, JobTimedOut, PusaInputError
-from .sampling import StopCheck, guided_velocity
+from .sampling import StopCheck, combine_guidance, guided_velocity
 from .transformer import PusaTransformer3DModel
 
 # How long a collective waits for the other ranks before it fails: a dead rank becomes an error.
@@ -233,8 +233,7 @@ class CfgParallel(_Team):
             mine = self.attempt(run_pass)
         if mine is None:  # this rank stopped: send its code, with zeros for the pass it did not run
             mine = torch.zeros(latents.shape, dtype=dtype, device=latents.device)
-        pos, neg = self._exchange(mine)
-        return neg + cfg * (pos - neg)
+        return combine_guidance(*self._exchange(mine), cfg)
 
     def _exchange(self, mine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both passes' outputs (as float32) on both ranks, in one all-gather that also carries the stop codes."""

@@ -119,6 +119,11 @@ def guided_velocity(
     if between_passes is not None:
         between_passes()
     neg = transformer(x, timestep, negative.to(dtype), return_dict=False)[0].float()
+    return combine_guidance(pos, neg, cfg)
+
+
+def combine_guidance(pos: torch.Tensor, neg: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Classifier-free guidance of the two passes' float32 velocities."""
     return neg + cfg * (pos - neg)
 
 
