@@ -30,8 +30,9 @@ When the agreed code is not 0, the ranks exchange messages (``all_gather_object`
 raises: the stopping rank its own exception, the others :class:`GenerationCancelled` or
 :class:`JobTimedOut` with its message, or :class:`RankFailed` naming it. The group is then in step
 and ready for the next job. An exception inside a sequence-parallel pass cannot be agreed on (the
-other ranks are inside that pass's collectives): that rank raises :class:`RanksOutOfStep`, the
-others fail when the group's timeout (:func:`init_group`) passes, and the group must be rebuilt.
+other ranks are inside that pass's collectives): that rank raises :class:`RanksOutOfStep`, and so
+does every other rank when its collective fails (the failed rank's connections close, or the
+group's timeout, :func:`init_group`, passes); the ranks must then be restarted.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class RankFailed(RuntimeError):
 
 
 class RanksOutOfStep(RuntimeError):
-    """This rank raised inside a sequence-parallel pass; the other ranks are left in its collectives."""
+    """A pass with collectives failed on this rank, so the ranks are no longer in step: restart them all."""
 
 
 def init_group(
@@ -175,10 +176,14 @@ class _Team:
 
     @staticmethod
     def out_of_step(error: Exception) -> RanksOutOfStep:
-        """What an exception raised inside a pass whose collectives other ranks are in becomes."""
+        """What an exception inside a pass whose collectives other ranks share becomes.
+
+        The other ranks stop too: at a collective's error when this rank's connections close, or at
+        the group's timeout.
+        """
         return RanksOutOfStep(
-            f"rank {dist.get_rank()} failed inside a sequence-parallel pass that the other ranks cannot "
-            f"finish; they stop when the collective timeout passes; restart all ranks: {type(error).__name__}: {error}"
+            f"a sequence-parallel pass failed on rank {dist.get_rank()}, inside collectives the other ranks "
+            f"share, so the ranks are out of step; restart all ranks: {type(error).__name__}: {error}"
         )
 
     def after_step(self, callback: Callable[[], None]) -> None:

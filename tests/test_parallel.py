@@ -141,6 +141,10 @@ def sequence_parallel_world(rank: int, outcomes: dict[str, Any]) -> None:
     run([good.but("after_cancel")])
     run([good.but("failed")], **fail_in_rank_1_last_callback(rank))
     run([good.but("after_failure")])
+    # Last in the world, which it breaks: rank 1 raises inside a pass that rank 0 is already in.
+    if rank == 1:
+        model.register_forward_pre_hook(FailOnCall(at=1))
+    run([good.but("out_of_step")])
 
 
 def two_rank_world(rank: int, outcomes: dict[str, Any]) -> None:
@@ -270,6 +274,14 @@ def test_failure_on_rank_1_stops_every_rank_and_the_next_job_runs(two_ranks, pla
     assert rank0 == ("RankFailed", "rank 1 of 2 failed, so every rank stopped this job: RuntimeError: injected failure")
     expected = reference(GOOD if placement == "cfg" else GOOD.but("i2v_cfg1", cfg=1.0))
     assert_every_rank_matches(two_ranks, f"{placement}/after_failure", expected)
+
+
+def test_a_failure_inside_a_sequence_parallel_pass_stops_every_rank_out_of_step(two_ranks):
+    """Rank 0 is in the pass's collectives when rank 1 raises; its collective fails as rank 1's connections close."""
+    rank0, rank1 = (r["seq/out_of_step"] for r in two_ranks)
+    assert rank1 == ("RanksOutOfStep", "a sequence-parallel pass failed on rank 1, inside collectives the other "
+                     "ranks share, so the ranks are out of step; restart all ranks: RuntimeError: injected failure")
+    assert rank0[0] == "RanksOutOfStep" and rank0[1].startswith("a sequence-parallel pass failed on rank 0, ")
 
 
 @pytest.mark.parametrize("start,length", [(0, 60), (30, 30), (20, 20), (7, 50), (55, 8)])
