@@ -9,6 +9,7 @@ DataLoader worker does.
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -69,6 +70,7 @@ CASES = [
     Job("i2v_padded", (5, 4, 4), {0: 0.0}, seed=5),
 ]
 CASES_CFG1 = [job.but(f"{job.name}_cfg1", cfg=1.0) for job in CASES]
+CASES_2X2 = [CASES[1], CASES[4]]  # keyframes, and a padded sequence
 GOOD = CASES[0]
 
 
@@ -120,7 +122,7 @@ def run_jobs(model: torch.nn.Module, guidance: Any, jobs: list[Job], prefix: str
 def cfg_parallel_world(rank: int, outcomes: dict[str, Any]) -> None:
     model = tiny_model(2)
     guidance = parallel_guidance(model, cfg_degree=2, sequence_degree=1)
-    run = lambda jobs, **kw: run_jobs(model, guidance, jobs, "cfg/", outcomes, **kw)  # noqa: E731
+    run = functools.partial(run_jobs, model, guidance, prefix="cfg/", outcomes=outcomes)
     run(CASES + [GOOD.but("refused", cfg=1.0)])
     run([GOOD.but("cancelled")], **cancel_after_step_2(rank))
     run([GOOD.but("after_cancel")])
@@ -134,7 +136,7 @@ def cfg_parallel_world(rank: int, outcomes: dict[str, Any]) -> None:
 def sequence_parallel_world(rank: int, outcomes: dict[str, Any]) -> None:
     model = tiny_model(2)
     guidance = parallel_guidance(model, cfg_degree=1, sequence_degree=2)
-    run = lambda jobs, **kw: run_jobs(model, guidance, jobs, "seq/", outcomes, **kw)  # noqa: E731
+    run = functools.partial(run_jobs, model, guidance, prefix="seq/", outcomes=outcomes)
     good = GOOD.but("", cfg=1.0)
     run(CASES + CASES_CFG1)
     run([good.but("cancelled")], **cancel_after_step_2(rank))
@@ -163,7 +165,7 @@ def three_rank_world(rank: int, outcomes: dict[str, Any]) -> None:
 
 def four_rank_world(rank: int, outcomes: dict[str, Any]) -> None:
     model = tiny_model(2)
-    run_jobs(model, parallel_guidance(model, cfg_degree=2, sequence_degree=2), CASES[1:2] + CASES[4:5], "2x2/", outcomes)
+    run_jobs(model, parallel_guidance(model, cfg_degree=2, sequence_degree=2), CASES_2X2, "2x2/", outcomes)
 
 
 WORLDS: dict[str, Callable[[int, dict[str, Any]], None]] = {
@@ -243,7 +245,7 @@ def test_three_sequence_ranks_with_uneven_slices_and_heads_equal_one_process(thr
     assert_every_rank_matches(three_ranks, "seq3/" + job.name, reference(job, heads=5))
 
 
-@pytest.mark.parametrize("job", CASES[1:2] + CASES[4:5], ids=lambda job: job.name)
+@pytest.mark.parametrize("job", CASES_2X2, ids=lambda job: job.name)
 def test_two_cfg_groups_of_two_sequence_ranks_equal_one_process(four_ranks, job):
     assert_every_rank_matches(four_ranks, "2x2/" + job.name, reference(job))
 
