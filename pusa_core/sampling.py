@@ -22,6 +22,11 @@ conditioning latents are returned as they are.
 
 Stopping: ``cancel`` and an optional :class:`Deadline` are checked before every step and between
 the two classifier-free-guidance passes of a step, so a long step is left before its second pass.
+
+Guidance: a :class:`Guidance` computes each step's velocity. :class:`LocalGuidance` runs both passes
+here; ``pusa_core.parallel`` has the ones that share a step across ranks (a pass per rank, or a
+slice of the tokens per rank). Those also turn a stop on any rank (cancel, time limit, an error)
+into the same stop on every rank, so the loop below is the same for all of them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -113,7 +119,61 @@ def guided_velocity(
     if between_passes is not None:
         between_passes()
     neg = transformer(x, timestep, negative.to(dtype), return_dict=False)[0].float()
+    return combine_guidance(pos, neg, cfg)
+
+
+def combine_guidance(pos: torch.Tensor, neg: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Classifier-free guidance of the two passes' float32 velocities."""
     return neg + cfg * (pos - neg)
+
+
+StopCheck = Callable[[str], None]  # raises to stop; the argument says where: "before" or "during" the step
+
+
+class Guidance(Protocol):
+    """How the loop gets a step's velocity and runs its step callback."""
+
+    def velocity(
+        self,
+        transformer: torch.nn.Module,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor | None,
+        cfg: float,
+        check: StopCheck,
+    ) -> torch.Tensor:
+        """The guided velocity; ``check("before")`` first, ``check("during")`` between passes."""
+
+    def after_step(self, callback: Callable[[], None]) -> None:
+        """Run the step callback."""
+
+    def finish(self) -> None:
+        """The loop ended normally."""
+
+
+class LocalGuidance:
+    """Both guidance passes in this process (:func:`guided_velocity`); stops raise at once."""
+
+    def velocity(
+        self,
+        transformer: torch.nn.Module,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor | None,
+        cfg: float,
+        check: StopCheck,
+    ) -> torch.Tensor:
+        check("before")
+        return guided_velocity(transformer, latents, timestep, positive, negative, cfg,
+                               between_passes=functools.partial(check, "during"))
+
+    def after_step(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def finish(self) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -130,11 +190,13 @@ def sample(
     callback: StepCallback | None = None,
     cancel: threading.Event | None = None,
     deadline: Deadline | None = None,
+    guidance: Guidance | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` ``[B, C, F, H, W]`` with per-frame multipliers ``[F]`` and return the final latents.
 
     ``cancel`` and ``deadline`` are checked before every step and between its two guidance passes;
-    :class:`GenerationCancelled` or :class:`JobTimedOut` is raised.
+    :class:`GenerationCancelled` or :class:`JobTimedOut` is raised. ``guidance`` defaults to
+    :class:`LocalGuidance`.
     """
     if multipliers.shape != (noise.shape[2],):
         raise ValueError(f"multipliers must have one entry per latent frame ({noise.shape[2]}), got {tuple(multipliers.shape)}")
@@ -154,16 +216,17 @@ def sample(
         if deadline is not None:
             deadline.check(i, steps)
 
+    guidance = guidance if guidance is not None else LocalGuidance()
     step_seconds = []
     for i in range(steps):
-        check(i, "before")
         t0 = time.perf_counter()
         timestep = frame_timesteps(sig[i]).expand(batch, -1)
-        velocity = guided_velocity(transformer, latents, timestep, positive, negative, cfg,
-                                   between_passes=functools.partial(check, i, "during"))
+        velocity = guidance.velocity(transformer, latents, timestep, positive, negative, cfg,
+                                     functools.partial(check, i))
         dt = (sig[i + 1] - sig[i]).view(1, 1, -1, 1, 1)
         latents = latents + velocity * dt
         step_seconds.append(time.perf_counter() - t0)
         if callback is not None:
-            callback(StepReport(i + 1, steps, latents, time.perf_counter() - start))
+            guidance.after_step(functools.partial(callback, StepReport(i + 1, steps, latents, time.perf_counter() - start)))
+    guidance.finish()
     return SampleResult(latents, time.perf_counter() - start, tuple(step_seconds))
