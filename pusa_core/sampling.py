@@ -53,6 +53,7 @@ class StepReport:
     total: int
     latents: torch.Tensor
     seconds: float  # since the loop started
+    denoised: torch.Tensor  # this step's estimate of the clean latents, x - sigma * v (what a preview shows)
 
 
 StepCallback = Callable[[StepReport], None]
@@ -224,9 +225,11 @@ def sample(
         velocity = guidance.velocity(transformer, latents, timestep, positive, negative, cfg,
                                      functools.partial(check, i))
         dt = (sig[i + 1] - sig[i]).view(1, 1, -1, 1, 1)
-        latents = latents + velocity * dt
+        previous, latents = latents, latents + velocity * dt
         step_seconds.append(time.perf_counter() - t0)
         if callback is not None:
-            guidance.after_step(functools.partial(callback, StepReport(i + 1, steps, latents, time.perf_counter() - start)))
+            denoised = previous - velocity * sig[i].view(1, 1, -1, 1, 1)
+            report = StepReport(i + 1, steps, latents, time.perf_counter() - start, denoised)
+            guidance.after_step(functools.partial(callback, report))
     guidance.finish()
     return SampleResult(latents, time.perf_counter() - start, tuple(step_seconds))
