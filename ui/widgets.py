@@ -122,10 +122,11 @@ class SharedControls:
 
     def model_default_targets(self) -> list[gr.components.Component]:
         """What changes when the model's own defaults become known."""
-        return [self.steps, self.cfg, self.lora_alpha, self.size, self.frames, self.fps]
+        return [self.preset, self.steps, self.cfg, self.lora_alpha, self.size, self.frames, self.fps]
 
     def model_default_updates(self, defaults: Settings) -> list[Any]:
         return [
+            gr.update(value=defaults.preset),
             gr.update(value=defaults.steps),
             gr.update(value=defaults.cfg),
             gr.update(value=defaults.lora_alpha),
