@@ -233,6 +233,7 @@ class LoraStack:
         self._has_layers = bool(layers)
         self.pristine = None if blocker is not None or not layers else (pristine or HostCopy(transformer))
         self._active: dict[str, float] | None = None  # None: unknown, the next apply sets everything
+        self._dirty: set[str] = set()  # layers whose weights may differ from the pristine ones
 
     def describe(self) -> str:
         if self.blocker is not None:
@@ -250,22 +251,26 @@ class LoraStack:
         wanted = {name: float(w) for name, w in weights.items() if w != 0}
         if wanted == self._active:
             return
+        self._active = None  # until the change is complete: a failure part-way is redone by the next job
         self._restore()
         if wanted:
             self.transformer.enable_lora()
             self.transformer.set_adapters(list(wanted), list(wanted.values()))
             if self.pristine is not None:
+                self._dirty = set(tuner_layers(self.transformer))  # recorded first: a failed merge is restored too
                 self.transformer.fuse_lora(adapter_names=list(wanted))
         elif self._has_layers:
             self.transformer.disable_lora()
         self._active = wanted
 
     def _restore(self) -> None:
-        """Put the pristine base weights back into every merged layer."""
-        merged = {name: layer for name, layer in tuner_layers(self.transformer).items() if layer.merged}
-        if not merged:
+        """Put the pristine base weights back into every layer a merge may have changed."""
+        if not self._dirty:
             return
         assert self.pristine is not None
-        for layer in merged.values():
-            layer.unmerge()  # peft's bookkeeping; its subtraction is inexact, so the weights are overwritten next
-        self.pristine.restore({f"{name}.weight": layer.get_base_layer().weight for name, layer in merged.items()})
+        layers = tuner_layers(self.transformer)
+        for name in self._dirty:
+            if layers[name].merged:
+                layers[name].unmerge()  # peft's bookkeeping; its subtraction is inexact, so the weights are overwritten next
+        self.pristine.restore({f"{name}.weight": layers[name].get_base_layer().weight for name in self._dirty})
+        self._dirty = set()
