@@ -41,6 +41,7 @@ from pusa_core.speed import available_attention_backends, check_attention_backen
 from pusa_core.tiny_models import random_kohya_lora, random_pusa_lora, random_tiny_components, tiny_transformer
 from pusa_core.weights import LIGHTX2V_FILENAME, LIGHTX2V_REPO_ID, SHIPPED_TINY_DIR, find_lightx2v, resolve_model_source
 from tests.support.server import SMALL, served
+from ui.blocks import build_app
 from ui.form import build_settings, parse_extra_loras, shared_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,6 +306,16 @@ def test_every_tab_offers_the_preset_and_fast_runs_through_the_api(fast_engine, 
             server.client.predict(prompt="a ball", **SMALL, cfg=5, preset="fast", api_name="/t2v")
         with pytest.raises(AppError, match=r"^Extra LoRAs: 'style' is not name:weight; write e.g. style:0.8, motion:1"):
             server.client.predict(prompt="a ball", **SMALL, extra_loras="style", api_name="/t2v")
+
+
+def test_each_tab_says_under_the_choice_when_fast_cannot_run(tiny_engine, fast_engine):
+    note = "⚠️ The Fast preset needs the LightX2V LoRA, and this engine was started without it."
+
+    def notes(engine: Engine) -> list[str]:
+        config = build_app(engine).config
+        return [c["props"].get("value") for c in config["components"] if c["props"].get("value") == note]
+
+    assert len(notes(tiny_engine)) == 4 and notes(fast_engine) == []
 
 
 def test_form_reads_and_writes_presets_and_extra_loras():
