@@ -10,6 +10,9 @@ Flags (each also read from an environment variable, flags win):
   --model / PUSA_MODEL {auto,pusa-14b,pusa-tiny,random-tiny} (auto)
   --placement / PUSA_PLACEMENT {shard,single,offload,cpu}   --fp8 / PUSA_FP8=1
   --output-dir / PUSA_OUTPUT_DIR (outputs)
+  --preset / PUSA_PRESET {quality,fast} (quality): the page's preset; Fast needs the LightX2V LoRA
+  --extra-lora PATH[:WEIGHT] (repeatable): another Wan LoRA jobs may stack, at WEIGHT (1) unless they say
+  --attention-backend / PUSA_ATTENTION_BACKEND (native)   --compile / PUSA_COMPILE=1 (off)
 
 The page is up at once; the model loads in the background and the status line says when it is ready.
 Without the real weights, ``auto`` runs the small model shipped in ``weights/pusa-tiny`` (or, when that
@@ -31,12 +34,25 @@ import ui.zerogpu  # noqa: F401  isort: skip
 import gradio as gr
 
 from pusa_core import facts
-from pusa_core.engine import Engine
+from pusa_core.adapters import LIGHTX2V_ADAPTER, LoraCatalog, LoraSpec, parse_extra_lora
+from pusa_core.engine import Engine, SpeedOptions
+from pusa_core.errors import PusaInputError
 from pusa_core.outputs import Retention
 from pusa_core.placement import ENV_VAR as PLACEMENT_ENV
 from pusa_core.placement import KINDS as PLACEMENT_KINDS
 from pusa_core.model_choice import MODELS, choose_engine
-from pusa_core.weights import DEFAULT_WEIGHTS_DIR, WeightsError
+from pusa_core.speed import check_attention_backend
+from pusa_core.weights import (
+    DEFAULT_WEIGHTS_DIR,
+    LIGHTX2V_DIRNAME,
+    LIGHTX2V_FILENAME,
+    LIGHTX2V_REPO_ID,
+    WeightsError,
+    fetch_command,
+    find_lightx2v,
+    lightx2v_fetch_command,
+    lora_problems,
+)
 from ui.blocks import build_app
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,6 +89,25 @@ def _positive(kind: type) -> Any:
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _extra_lora(text: str) -> LoraSpec:
+    """``PATH[:WEIGHT]`` of a LoRA file whose header reads; its keys are checked when the model loads."""
+    try:
+        spec = parse_extra_lora(text)
+    except PusaInputError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    assert isinstance(spec.source, Path)
+    if problems := lora_problems(spec.source):
+        raise argparse.ArgumentTypeError(problems[0])
+    return spec
+
+
+def _attention_backend(name: str) -> str:
+    try:
+        return check_attention_backend(name)
+    except PusaInputError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -125,7 +160,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="store the 14B transformer's weights in fp8 (computes in bf16): about half the GPU memory (env PUSA_FP8=1)",
     )
     parser.add_argument("--output-dir", type=Path, default=_env_path("PUSA_OUTPUT_DIR") or Path("outputs"))
+    parser.add_argument(
+        "--preset", choices=facts.PRESETS, default=os.environ.get("PUSA_PRESET", facts.QUALITY),
+        help=f"the page's preset: quality (the model's defaults) or fast (LightX2V, {facts.FAST_STEPS} steps, cfg "
+        f"{facts.FAST_CFG:g}; fetch it with python -m pusa_core.download --lightx2v); env PUSA_PRESET",
+    )
+    parser.add_argument(
+        "--extra-lora", type=_extra_lora, action="append", default=[], metavar="PATH[:WEIGHT]",
+        help="another Wan LoRA (style, motion) jobs may stack on Pusa's, named after its file, at WEIGHT "
+        f"(default {facts.DEFAULT_EXTRA_LORA_WEIGHT:g}) unless a job gives its own; repeat for more",
+    )
+    parser.add_argument(
+        "--attention-backend", type=_attention_backend,
+        default=os.environ.get("PUSA_ATTENTION_BACKEND", facts.DEFAULT_ATTENTION_BACKEND),
+        help="diffusers attention backend (native, flash, sage, ... whichever is installed); env PUSA_ATTENTION_BACKEND",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", default=os.environ.get("PUSA_COMPILE", "") == "1",
+        help="compile the transformer block with torch.compile (regional: once for all blocks); env PUSA_COMPILE=1",
+    )
     args = parser.parse_args(argv)
+    if args.preset not in facts.PRESETS:
+        parser.error(f"PUSA_PRESET={args.preset!r} is not a preset; choose one of {', '.join(facts.PRESETS)}")
     if args.model not in MODELS:
         parser.error(f"PUSA_MODEL={args.model!r} is not a model; choose one of {', '.join(MODELS)}")
     return args
@@ -143,6 +199,27 @@ def random_model_notice(reason: str) -> str:
     )
 
 
+def lora_catalog(args: argparse.Namespace, small: bool) -> LoraCatalog:
+    """The LoRAs jobs may stack on Pusa's: LightX2V for Fast when it is on disk, and every --extra-lora."""
+    extras = tuple(args.extra_lora)
+    if small:
+        return LoraCatalog(None, "the Fast preset's LightX2V LoRA is made for the 14B model, and this small model runs "
+                           f"Quality only; to run Fast, fetch the 14B weights ({fetch_command(args.weights_dir)}) and "
+                           f"the LoRA ({lightx2v_fetch_command(args.weights_dir)})", extras)
+    path = find_lightx2v(args.weights_dir)
+    if path is None:
+        where = args.weights_dir / LIGHTX2V_DIRNAME / LIGHTX2V_FILENAME
+        return LoraCatalog(None, f"the Fast preset needs the LightX2V LoRA of {LIGHTX2V_REPO_ID}, which is neither at "
+                           f"{where} nor in the Hugging Face cache; fetch it with: "
+                           f"{lightx2v_fetch_command(args.weights_dir)}", extras)
+    return LoraCatalog(LoraSpec(LIGHTX2V_ADAPTER, path, facts.LIGHTX2V_WEIGHT), extras=extras)
+
+
+def speed_options(args: argparse.Namespace, small: bool) -> SpeedOptions:
+    """How jobs run: preset, stacked LoRAs, GPU options."""
+    return SpeedOptions(args.preset, lora_catalog(args, small), args.attention_backend, args.compile)
+
+
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """What every engine takes from the flags: where outputs go, how long they are kept, how long a job may run."""
     return {
@@ -156,7 +233,7 @@ def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for the chosen model, and the notice the page shows about it (empty for the real model)."""
     choice = choose_engine(
         args.model, args.weights_dir, args.base_dir, args.lora, placement=args.placement, fp8=args.fp8,
-        say=lambda text: print(text, flush=True), **engine_options(args),
+        say=lambda text: print(text, flush=True), speed=lambda small: speed_options(args, small), **engine_options(args),
     )
     if choice.kind == "random":
         fetch = f"\n\n```bash\n{choice.fetch_command}\n```" if choice.fetch_command else ""
@@ -186,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         engine, notice = make_engine(args)
-    except WeightsError as err:
+    except (WeightsError, PusaInputError) as err:
         sys.exit(f"pusa studio: {err}")
     engine.start()
     launch(build_app(engine, notice), args)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,23 @@ def validate_settings(settings: Settings, require_prompt: bool = False) -> None:
         raise PusaInputError("fit", f"must be 'crop' or 'pad', got {s.fit!r}")
     if s.seed is not None:
         _check(facts.SEED, s.seed, hint=" (or empty for random)")
+    _validate_loras(s)
+
+
+def _validate_loras(s: Settings) -> None:
+    """The preset is known and runs at cfg 1 when Fast; every extra LoRA weight is a number in range."""
+    if s.preset not in facts.PRESETS:
+        raise PusaInputError("preset", f"must be one of {', '.join(map(repr, facts.PRESETS))}, got {s.preset!r}")
+    if s.preset == facts.FAST and s.cfg != facts.FAST_CFG:
+        raise PusaInputError(
+            "cfg", f"must be {facts.FAST_CFG:g} with the Fast preset, got {s.cfg!r}: its LightX2V LoRA is distilled to "
+            "run without guidance; set cfg to 1, or choose the Quality preset"
+        )
+    if not isinstance(s.extra_loras, Mapping):
+        raise PusaInputError("extra_loras", f"must map LoRA names to weights, got {type(s.extra_loras).__name__}")
+    for name, weight in s.extra_loras.items():
+        if problem := facts.EXTRA_LORA_WEIGHT.check(weight):
+            raise PusaInputError("extra_loras", f"{name!r} {problem}")
 
 
 def validate_positions(

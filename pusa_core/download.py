@@ -6,6 +6,7 @@ tqdm bars show progress and a rerun resumes), then verify what arrived (every fi
 as the Hub lists them, safetensors headers readable). Only the pure steps carry logic of our own,
 so they are tested on local folders; the endpoint follows ``HF_ENDPOINT`` like all of huggingface_hub.
 
+``--lightx2v`` fetches the Fast preset's LightX2V LoRA the same way (one file of ``lightx2v/Wan2.2-Lightning``).
 ``--original-dir`` instead checks an existing original-layout download (Pusa README's
 ``model_zoo/PusaV1``) and prints the app command that uses it.
 """
@@ -32,6 +33,9 @@ from pusa_core.weights import (
     BASE_REPO_ID,
     DEFAULT_WEIGHTS_DIR,
     DIFFUSERS_DIRNAME,
+    LIGHTX2V_DIRNAME,
+    LIGHTX2V_FILENAME,
+    LIGHTX2V_REPO_ID,
     LORA_DIRNAME,
     LORA_FILENAME,
     LORA_REPO_ID,
@@ -44,6 +48,12 @@ from pusa_core.weights import (
 BASE_PATTERNS = ("model_index.json", "scheduler/*", "transformer/*", "vae/*", "text_encoder/*", "tokenizer/*")
 # Room left over after the download, so the machine does not end up with a full disk.
 SPACE_MARGIN_BYTES = 2 * 1024**3
+# What one run fetches: the model (the base and Pusa's LoRA), or with --lightx2v the Fast preset's LoRA.
+MODEL_REPOS = (BASE_REPO_ID, LORA_REPO_ID)
+LIGHTX2V_REPOS = (LIGHTX2V_REPO_ID,)
+# Repositories of which only one file is wanted, and the folder under --local-dir each repo lands in.
+SINGLE_FILES = {LORA_REPO_ID: LORA_FILENAME, LIGHTX2V_REPO_ID: LIGHTX2V_FILENAME}
+DIRNAMES = {BASE_REPO_ID: DIFFUSERS_DIRNAME, LORA_REPO_ID: LORA_DIRNAME, LIGHTX2V_REPO_ID: LIGHTX2V_DIRNAME}
 
 
 class DownloadError(RuntimeError):
@@ -106,19 +116,20 @@ def format_size(n: int) -> str:
 
 
 def select_files(repo_id: str, files: Iterable[RemoteFile]) -> tuple[RemoteFile, ...]:
-    """Keep what the app needs: the diffusers components of the base, only the LoRA file of PusaV1."""
-    if repo_id == LORA_REPO_ID:
-        chosen = tuple(f for f in files if f.path == LORA_FILENAME)
+    """Keep what the app needs: the diffusers components of the base, one LoRA file of a LoRA repo."""
+    if repo_id in SINGLE_FILES:
+        wanted = SINGLE_FILES[repo_id]
+        chosen = tuple(f for f in files if f.path == wanted)
         if not chosen:
-            raise DownloadError(f"{LORA_REPO_ID} no longer lists {LORA_FILENAME}; the LoRA cannot be fetched.")
+            raise DownloadError(f"{repo_id} no longer lists {wanted}; the LoRA cannot be fetched.")
         return chosen
     return tuple(f for f in files if any(fnmatch.fnmatch(f.path, p) for p in BASE_PATTERNS))
 
 
-def fetch_manifest(api: HfApi, timeout: float) -> tuple[RemoteRepo, ...]:
-    """Ask the Hub for the file lists and sizes of both repositories (the first network step)."""
+def fetch_manifest(api: HfApi, timeout: float, repo_ids: Iterable[str] = MODEL_REPOS) -> tuple[RemoteRepo, ...]:
+    """Ask the Hub for the file lists and sizes of ``repo_ids`` (the first network step)."""
     repos = []
-    for repo_id in (BASE_REPO_ID, LORA_REPO_ID):
+    for repo_id in repo_ids:
         info = api.model_info(repo_id, files_metadata=True, timeout=timeout)
         sizes = {s.rfilename: s.size for s in info.siblings or ()}
         wanted = select_files(repo_id, [RemoteFile(name, size or 0) for name, size in sizes.items()])
@@ -137,7 +148,7 @@ def repo_roots(repos: Iterable[RemoteRepo], local_dir: Path | None, cache_dir: P
     roots = {}
     for repo in repos:
         if local_dir is not None:
-            roots[repo.repo_id] = local_dir / (DIFFUSERS_DIRNAME if repo.repo_id == BASE_REPO_ID else LORA_DIRNAME)
+            roots[repo.repo_id] = local_dir / DIRNAMES[repo.repo_id]
         elif cache_dir is not None:
             folder = cache_dir / repo_folder_name(repo_id=repo.repo_id, repo_type="model")
             roots[repo.repo_id] = folder / "snapshots" / repo.revision
@@ -252,6 +263,11 @@ def describe_plan(plan: DownloadPlan, free: int) -> str:
     return "\n".join(lines)
 
 
+def download_root(path: Path, filename: str) -> Path:
+    """The folder a repo landed in, from where its file ``filename`` (maybe in a subfolder, as LightX2V's) landed."""
+    return path.parents[len(Path(filename).parts) - 1]
+
+
 def fetch(repos: Iterable[RemoteRepo], local_dir: Path | None, cache_dir: Path | None) -> dict[str, Path]:
     """Download with huggingface_hub; returns where each repo landed.
 
@@ -262,11 +278,10 @@ def fetch(repos: Iterable[RemoteRepo], local_dir: Path | None, cache_dir: Path |
     for repo in repos:
         target = None if local_dir is None else repo_roots([repo], local_dir, None)[repo.repo_id]
         revision = repo.revision if local_dir is not None else None
-        if repo.repo_id == LORA_REPO_ID:
-            path = hf_hub_download(
-                repo.repo_id, LORA_FILENAME, revision=revision, local_dir=target, cache_dir=cache_dir
-            )
-            roots[repo.repo_id] = Path(path).parent
+        if repo.repo_id in SINGLE_FILES:
+            filename = SINGLE_FILES[repo.repo_id]
+            path = hf_hub_download(repo.repo_id, filename, revision=revision, local_dir=target, cache_dir=cache_dir)
+            roots[repo.repo_id] = download_root(Path(path), filename)
         else:
             path = snapshot_download(
                 repo.repo_id,
@@ -313,7 +328,8 @@ def _network_message(exc: BaseException) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pusa_core.download",
-        description=f"Fetch {BASE_REPO_ID} and {LORA_FILENAME} from {LORA_REPO_ID} for Pusa Studio.",
+        description=f"Fetch {BASE_REPO_ID} and {LORA_FILENAME} from {LORA_REPO_ID} for Pusa Studio "
+        "(with --lightx2v: the Fast preset's LoRA).",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -328,8 +344,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="check an existing original-layout download (model_zoo/PusaV1) and print the app command for it",
     )
+    parser.add_argument(
+        "--lightx2v", action="store_true",
+        help=f"fetch only the Fast preset's LightX2V LoRA ({LIGHTX2V_FILENAME} from {LIGHTX2V_REPO_ID})",
+    )
     parser.add_argument("--dry-run", action="store_true", help="show the plan and the disk check, download nothing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.lightx2v and args.original_dir is not None:
+        parser.error("--lightx2v fetches a file; --original-dir only checks a download: give one of them")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = Path(hf_constants.HF_HUB_CACHE) if args.cache else None
 
     try:
-        repos = fetch_manifest(HfApi(), timeout=hf_constants.HF_HUB_ETAG_TIMEOUT)
+        repo_ids = LIGHTX2V_REPOS if args.lightx2v else MODEL_REPOS
+        repos = fetch_manifest(HfApi(), timeout=hf_constants.HF_HUB_ETAG_TIMEOUT, repo_ids=repo_ids)
         plan = plan_download(repos, local_dir, cache_dir)
         free = free_bytes(next(iter(plan.roots.values())))
         print(describe_plan(plan, free))

@@ -11,20 +11,23 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from . import facts
+from .adapters import LoraCatalog, LoraStack, attach_loras, merge_blocker
 from .conditioning import plan_request
 from .errors import EngineNotReady, PusaInputError
-from .facts import DEFAULT_NOISE_MULTIPLIER
+from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
 from .job import GenerationResult, JobRunner, Progress, ProgressCallback
 from .loading import PusaComponents, load_components, source_defaults
 from .outputs import OutputFolder, Retention
 from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
-from .requests import Request, Settings
+from .requests import Request, Settings, preset_settings
+from .speed import apply_speed_options, check_attention_backend
 from .weights import ModelSource
 
 __all__ = ["Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
@@ -48,6 +51,24 @@ class EngineStatus:
     placement: str
 
 
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How jobs run, chosen at start: the page's default preset, LoRAs stacked on Pusa's, GPU options."""
+
+    preset: str = facts.QUALITY
+    loras: LoraCatalog = LoraCatalog()
+    attention_backend: str = DEFAULT_ATTENTION_BACKEND
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot run here before anything loads, naming the flag."""
+        if self.preset not in facts.PRESETS:
+            raise PusaInputError("--preset", f"must be one of {', '.join(facts.PRESETS)}, got {self.preset!r}")
+        if self.preset == facts.FAST and self.loras.lightx2v is None:
+            raise PusaInputError("--preset", f"{self.loras.lightx2v_missing}; or start with --preset quality")
+        check_attention_backend(self.attention_backend)
+
+
 class Engine:
     """Owns the loaded components. Build with :meth:`from_source` (real use) or :meth:`from_components` (tests)."""
 
@@ -63,9 +84,12 @@ class Engine:
         retention: Retention = Retention(),
         max_job_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        speed: SpeedOptions = SpeedOptions(),
     ) -> None:
         """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one)."""
         self.jobs = JobRunner(OutputFolder(Path(output_dir), retention), max_job_seconds, clock)
+        self.speed = speed
+        self._loras: LoraStack | None = None
         self._loader = loader
         self._model_name = model_name
         self._is_small = is_small
@@ -85,12 +109,13 @@ class Engine:
         cls, source: ModelSource, output_dir: Path = Path("outputs"), placement: str | None = None, fp8: bool = False,
         retention: Retention = Retention(),
         max_job_seconds: float | None = None,
+        speed: SpeedOptions = SpeedOptions(),
     ) -> Engine:
         """An engine that loads ``source`` when started. ``placement`` overrides the automatic choice."""
         return cls(
             lambda: load_components(source), output_dir, source.name, source.is_small,
             placement=placement, fp8=fp8, defaults=source_defaults(source), retention=retention,
-            max_job_seconds=max_job_seconds,
+            max_job_seconds=max_job_seconds, speed=speed,
         )
 
     @classmethod
@@ -99,10 +124,12 @@ class Engine:
         retention: Retention = Retention(),
         max_job_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        speed: SpeedOptions = SpeedOptions(),
     ) -> Engine:
         return cls(
             lambda: components, output_dir, components.name, components.is_small, placement,
             defaults=components.defaults, retention=retention, max_job_seconds=max_job_seconds, clock=clock,
+            speed=speed,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -118,14 +145,23 @@ class Engine:
         t0 = time.perf_counter()
         try:
             components = self._loader()
+            # Before placement: the adapters' weights are placed with the layers they belong to.
+            attach_loras(components.transformer, self.speed.loras)
             self._message = f"placing {self._model_name}..."
             self._placement, self._devices = self._place(components)
+            apply_speed_options(components.transformer, self.speed.attention_backend, self.speed.compile)
+            self._loras = LoraStack(
+                components.transformer, self.speed.loras, components.has_lora, components.pristine,
+                merge_blocker(self._placement),
+            )
         except Exception as err:  # any load failure must reach the status line, not kill the app
             self._state, self._message = "failed", f"could not load {self._model_name}: {err}"
             return
         self._components = components
         self._state = "ready"
-        self._message = f"{components.name} ready (loaded in {time.perf_counter() - t0:.1f} s)"
+        self._message = (
+            f"{components.name} ready (loaded in {time.perf_counter() - t0:.1f} s); {self._loras.describe()}"
+        )
 
     def _place(self, c: PusaComponents) -> tuple[Placement, StageDevices]:
         """Choose where each component runs for this machine, from the loaded models' own sizes."""
@@ -157,10 +193,17 @@ class Engine:
         return EngineStatus(self._state, self._message, self._model_name, self._is_small, where)
 
     def defaults(self) -> Settings:
-        """Settings this model is meant to run at (the small model's own size and length)."""
-        if self._components is not None:
-            return self._components.defaults
-        return self._defaults or Settings()
+        """Settings this model is meant to run at (the small model's own size and length), in the start preset."""
+        return self.preset_defaults(self.speed.preset)
+
+    def preset_defaults(self, preset: str) -> Settings:
+        """The model's own settings as ``preset`` runs them, with the extra LoRAs at their start weights."""
+        model = self._components.defaults if self._components is not None else (self._defaults or Settings())
+        return preset_settings(replace(model, extra_loras=self.speed.loras.extra_defaults()), preset)
+
+    def fast_preset_problem(self) -> str | None:
+        """Why the Fast preset cannot run (with the command that fixes it), or None when it can."""
+        return None if self.speed.loras.lightx2v is not None else self.speed.loras.lightx2v_missing
 
     def default_noise_multiplier(self) -> float:
         return self._components.noise_multiplier if self._components is not None else DEFAULT_NOISE_MULTIPLIER
@@ -183,6 +226,7 @@ class Engine:
         Raises PusaInputError, GenerationCancelled, JobTimedOut, EngineNotReady or OutOfMemory.
         """
         plan = plan_request(request)  # validation first: bad input is answered even while loading
+        self.speed.loras.check(request.settings)
         components = self._components
         if components is None:
             raise EngineNotReady(
@@ -192,9 +236,10 @@ class Engine:
             )
         with self._job_lock:
             try:
-                assert self._placement is not None and self._devices is not None
+                assert self._placement is not None and self._devices is not None and self._loras is not None
                 return self.jobs.run(
-                    components, self._placement, self._devices, request, plan, progress or (lambda p: None), cancel
+                    components, self._placement, self._devices, self._loras, request, plan,
+                    progress or (lambda p: None), cancel,
                 )
             except torch.OutOfMemoryError:
                 gc.collect()

@@ -31,6 +31,20 @@ WAN_14B_PARAMS = 14e9
 WAN_14B_DIM = 5120
 WAN_14B_LAYERS = 40
 
+# -- presets ----------------------------------------------------------------------------------------
+# Quality runs the model's own defaults; Fast stacks the LightX2V step- and CFG-distilled LoRA on
+# Pusa's (at its alpha) and runs 4 steps without guidance: 4 transformer passes instead of 10 x 2.
+QUALITY, FAST = "quality", "fast"
+PRESETS = (QUALITY, FAST)
+FAST_STEPS = 4
+FAST_CFG = 1.0
+LIGHTX2V_WEIGHT = 1.0
+DEFAULT_EXTRA_LORA_WEIGHT = 1.0  # an --extra-lora given without :WEIGHT
+
+# -- GPU options ------------------------------------------------------------------------------------
+DEFAULT_ATTENTION_BACKEND = "native"  # torch's scaled_dot_product_attention, through diffusers' dispatcher
+ATTENTION_BACKEND_FLAG = "--attention-backend"
+
 # -- Wan's geometry ---------------------------------------------------------------------------------
 TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
@@ -92,6 +106,8 @@ FPS = Limit("fps", 1, 60, 1, whole=True)
 SIDE = Limit("size", SIZE_MULTIPLE, 1920, SIZE_MULTIPLE, whole=True)
 FRAMES = Limit("num_frames", 1, 201, TEMPORAL_COMPRESSION, whole=True)
 SEED = Limit("seed", 0, 2**32 - 1, 1, whole=True)
+# An extra LoRA's weight; negative weights are how "slider" LoRAs are turned the other way.
+EXTRA_LORA_WEIGHT = Limit("extra_loras", -5.0, 5.0, 0.05)
 
 MAX_PROMPT_CHARS = 4000  # far past the 512 tokens the text encoder reads; refuses absurd inputs early
 MAX_INPUT_PIXELS = 40_000_000  # an upload's width x height (a 8K frame is 33 MP)

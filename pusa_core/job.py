@@ -1,8 +1,7 @@
 """One job, start to finish: encode prompt (cached) -> encode conditioning frames -> sample with per-frame
 timesteps -> decode -> write MP4 + settings JSON.
 
-:class:`JobRunner` holds what outlives a job (the prompt cache, the LoRA alpha last set, the output
-folder, the time limit); the engine owns the models and calls :meth:`JobRunner.run` under its lock.
+:class:`JobRunner` holds what outlives a job (the prompt cache, the output folder, the time limit); the engine owns the models and calls :meth:`JobRunner.run` under its lock.
 A cancel event is checked before every denoising step and between its two guidance passes. With a
 time limit, a job past it stops at the next such check, or between phases, with
 :class:`~pusa_core.errors.JobTimedOut`; nothing is written either way.
@@ -28,7 +27,7 @@ from .errors import PusaInputError
 from .facts import MAX_JOB_SECONDS_FLAG, SEED, SPATIAL_COMPRESSION, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents
-from .lora import set_lora_alpha
+from .adapters import LoraStack
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .outputs import OutputFolder
 from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_job
@@ -88,13 +87,13 @@ class JobRunner:
         self.max_job_seconds = checked_time_limit(max_job_seconds)
         self._clock = clock
         self._prompt_cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
-        self._alpha: float | None = None
 
     def run(
         self,
         c: PusaComponents,
         placement: Placement,
         devices: StageDevices,
+        loras: LoraStack,
         request: Request,
         plan: Conditioning,
         progress: ProgressCallback,
@@ -127,9 +126,7 @@ class JobRunner:
         report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
         cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
 
-        if c.has_lora and self._alpha != s.lora_alpha:
-            set_lora_alpha(c.transformer, s.lora_alpha)
-            self._alpha = s.lora_alpha
+        loras.use(s)  # a no-op when the adapters and weights are those of the last job
 
         shape = (1, c.transformer.config.in_channels, plan.num_latent_frames, s.height // SPATIAL_COMPRESSION, s.width // SPATIAL_COMPRESSION)
         noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)

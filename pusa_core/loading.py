@@ -8,6 +8,7 @@ the VAE from ``Wan2.1_VAE.pth``, the text encoder from Wan's T5 ``.pth`` (see :m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from .adapters import CheckpointWeights, PristineWeights
 from .facts import DEFAULT_ALPHA, DEFAULT_NOISE_MULTIPLIER
-from .lora import ADAPTER_NAME, load_lora
+from .lora import load_lora
 from .requests import Settings
 from .text import MAX_SEQUENCE_LENGTH
 from .transformer import PusaTransformer3DModel
@@ -34,7 +36,11 @@ VAE_CONFIG = CONFIG_DIR / "wan2.1_vae.json"
 
 @dataclass
 class PusaComponents:
-    """Everything a job needs. ``defaults`` are the settings this model is meant to run at."""
+    """Everything a job needs. ``defaults`` are the settings this model is meant to run at.
+
+    ``pristine`` gives back the transformer's base weights after a LoRA merge (the checkpoint it was
+    loaded from); None when it was not loaded from files (a host copy is made instead).
+    """
 
     transformer: PusaTransformer3DModel
     vae: AutoencoderKLWan
@@ -46,12 +52,15 @@ class PusaComponents:
     noise_multiplier: float = DEFAULT_NOISE_MULTIPLIER
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     has_lora: bool = False
+    pristine: PristineWeights | None = None
 
     @property
     def lora_rank(self) -> int:
-        """Rank of the loaded Pusa LoRA (0 without one), for the memory planner."""
-        config = getattr(self.transformer, "peft_config", {}).get(ADAPTER_NAME)
-        return int(config.r) if self.has_lora and config is not None else 0
+        """The ranks of every loaded adapter summed (0 without one), for the memory planner.
+
+        The planner sizes one LoRA over Pusa's targets; adapters over the same layers add up by rank.
+        """
+        return sum(int(config.r) for config in getattr(self.transformer, "peft_config", {}).values())
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -92,6 +101,18 @@ def transformer_from_original_state_dict(
     return _load_converted(_empty_transformer(config), converted, dtype)
 
 
+def original_renames(keys: Iterable[str]) -> dict[str, str]:
+    """Original Wan key -> diffusers key; the converter only renames, so running it on the names needs no tensors."""
+    return {old: new for new, old in convert_wan_transformer_to_diffusers({k: k for k in keys}).items()}
+
+
+def checkpoint_weights(source: ModelSource, dtype: torch.dtype) -> CheckpointWeights:
+    """The transformer files of ``source``, read back as :func:`load_components` cast them."""
+    if source.kind == "original":
+        return CheckpointWeights([source.base_dir / name for name in ORIGINAL_SHARDS], dtype, original_renames)
+    return CheckpointWeights(sorted((source.base_dir / "transformer").glob("*.safetensors")), dtype)
+
+
 def load_original_transformer(
     folder: Path, dtype: torch.dtype = torch.bfloat16, config: dict[str, Any] | None = None
 ) -> PusaTransformer3DModel:
@@ -104,9 +125,7 @@ def load_original_transformer(
     converted = {}
     for path in (Path(folder) / name for name in ORIGINAL_SHARDS):
         with safe_open(str(path), framework="pt") as f:
-            # The converter only renames; running it on the key names gives the mapping without tensors.
-            renames = {old: new for new, old in convert_wan_transformer_to_diffusers({k: k for k in f.keys()}).items()}
-            for old, new in renames.items():
+            for old, new in original_renames(f.keys()).items():
                 converted[new] = f.get_tensor(old).to(torch.float32 if keep & set(new.split(".")) else dtype)
     return _load_converted(model, converted, dtype)
 
@@ -162,7 +181,8 @@ def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, al
         defaults, extra = Settings(), {}
     elif source.kind == "tiny":
         # The small model is trained and run in float32: it is CPU-sized.
-        transformer, vae, text_encoder, tokenizer = load_diffusers_folder(source.base_dir, torch.float32)
+        dtype = torch.float32
+        transformer, vae, text_encoder, tokenizer = load_diffusers_folder(source.base_dir, dtype)
         defaults, extra = _tiny_defaults(source.base_dir)
     else:
         raise ValueError(f"unknown model source kind {source.kind!r}")
@@ -176,6 +196,7 @@ def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, al
         defaults=defaults,
         noise_multiplier=float(extra.get("noise_multiplier", DEFAULT_NOISE_MULTIPLIER)),
         max_sequence_length=int(extra.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
+        pristine=checkpoint_weights(source, dtype),
     )
     if source.lora_path is not None:
         load_lora(components.transformer, source.lora_path, alpha=defaults.lora_alpha if source.is_small else alpha)

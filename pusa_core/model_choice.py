@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from .engine import Engine
+from .engine import Engine, SpeedOptions
 from .outputs import Retention
 from .tiny_models import random_tiny_components
 from .weights import MODEL_CHOICES, WeightsError, preflight, resolve_model_source
@@ -42,11 +42,20 @@ def choose_engine(
     retention: Retention = Retention(),
     max_job_seconds: float | None = None,
     say: Callable[[str], None] = lambda text: None,
+    speed: Callable[[bool], SpeedOptions] | None = None,
 ) -> ModelChoice:
-    """An engine (not started) for the chosen model. ``say`` hears the weights check's summary first."""
+    """An engine (not started) for the chosen model. ``say`` hears the weights check's summary first;
+    ``speed`` gives the job options (preset, stacked LoRAs, GPU options) for a small model or not."""
     options = {"output_dir": output_dir, "placement": placement, "retention": retention, "max_job_seconds": max_job_seconds}
+
+    def job_options(small: bool) -> dict[str, Any]:
+        return {"speed": speed(small)} if speed is not None else {}
+
+    def tiny() -> Engine:
+        return Engine.from_components(random_tiny_components(), **options, **job_options(True))
+
     if model == RANDOM_TINY:
-        return ModelChoice(Engine.from_components(random_tiny_components(), **options), "random", "Chosen with --model random-tiny.")
+        return ModelChoice(tiny(), "random", "Chosen with --model random-tiny.")
     report = preflight(weights_dir, base_dir, lora)
     say(report.summary)
     try:
@@ -55,9 +64,6 @@ def choose_engine(
         if model != "auto" or base_dir is not None or lora is not None:
             raise
         # Nothing on disk at all: still a working engine, on a model built from configs; the caller says so.
-        return ModelChoice(
-            Engine.from_components(random_tiny_components(), **options), "random",
-            f"No model was found. {report.summary}", report.fetch_command,
-        )
-    engine = Engine.from_source(source, fp8=fp8, **options)
+        return ModelChoice(tiny(), "random", f"No model was found. {report.summary}", report.fetch_command)
+    engine = Engine.from_source(source, fp8=fp8, **options, **job_options(source.is_small))
     return ModelChoice(engine, "small" if source.is_small else "real", report.summary, report.fetch_command)

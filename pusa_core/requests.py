@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -26,7 +26,12 @@ Fit = Literal["crop", "pad"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Settings every task shares. ``seed=None`` picks a random seed; the one used is reported."""
+    """Settings every task shares. ``seed=None`` picks a random seed; the one used is reported.
+
+    ``preset`` picks the LoRAs stacked on Pusa's: ``"fast"`` adds LightX2V (see :func:`preset_settings`
+    for the steps and guidance it runs at). ``extra_loras`` maps the name of a LoRA the engine was
+    started with (``--extra-lora``) to its weight for this job; a loaded LoRA not named is off.
+    """
 
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -40,6 +45,15 @@ class Settings:
     fps: int = facts.DEFAULT_FPS
     fit: Fit = "crop"
     shift: float = facts.DEFAULT_SHIFT
+    preset: str = facts.QUALITY
+    extra_loras: Mapping[str, float] = field(default_factory=dict)
+
+
+def preset_settings(quality: Settings, preset: str) -> Settings:
+    """``quality`` (the model's own defaults) as ``preset`` runs it: Fast is 4 steps at cfg 1."""
+    if preset == facts.FAST:
+        return replace(quality, preset=facts.FAST, steps=facts.FAST_STEPS, cfg=facts.FAST_CFG)
+    return replace(quality, preset=preset)
 
 
 @dataclass(frozen=True)

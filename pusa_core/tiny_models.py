@@ -102,6 +102,19 @@ def random_pusa_lora(transformer: PusaTransformer3DModel, rank: int = 4, seed: i
     return out
 
 
+def random_kohya_lora(
+    transformer: PusaTransformer3DModel, rank: int = 2, seed: int = 1, std: float = 0.05, network_alpha: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """A random LoRA in LightX2V's layout (``diffusion_model.blocks.N.self_attn.q.lora_down.weight`` / ``lora_up``
+    / ``alpha``, so its delta is ``alpha / rank * up @ down``) for ``transformer``."""
+    out = {}
+    for key, value in random_pusa_lora(transformer, rank, seed, std).items():
+        module, part = key.removesuffix(".default.weight").rsplit(".", 1)
+        out[f"diffusion_model.{module}.{'lora_down' if part == 'lora_A' else 'lora_up'}.weight"] = value
+        out[f"diffusion_model.{module}.alpha"] = torch.tensor(network_alpha)
+    return out
+
+
 def random_tiny_components(seed: int = 0) -> PusaComponents:
     """Random-weight tiny components with a random Pusa LoRA: every code path, no meaningful pictures."""
     tokenizer = build_word_tokenizer(BASIC_WORDS)

@@ -10,6 +10,9 @@ Layouts understood, under the weights dir (default ``weights/``):
 - ``PusaV1/Wan2.1-T2V-14B/``: the original layout that Pusa's own README downloads into
   ``model_zoo/PusaV1`` (six transformer shards, ``Wan2.1_VAE.pth``, the UMT5 ``.pth`` and the
   ``google/umt5-xxl`` tokenizer).
+- ``Wan2.2-Lightning/Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/low_noise_model.safetensors``: the
+  LightX2V LoRA of ``lightx2v/Wan2.2-Lightning`` that the Fast preset stacks on Pusa's
+  (``python -m pusa_core.download --lightx2v``).
 - ``pusa-tiny/``: the small model shipped in the repository (diffusers-style components plus
   ``pusa_lora.safetensors``).
 
@@ -35,6 +38,11 @@ BASE_REPO_ID = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
 ORIGINAL_BASE_REPO_ID = "Wan-AI/Wan2.1-T2V-14B"
 LORA_REPO_ID = "RaphaelLiu/PusaV1"
 LORA_FILENAME = "pusa_v1.pt"
+
+# The step- and CFG-distilled LoRA Pusa's README pairs with Pusa for 4 steps at cfg 1 (its --lightx2v).
+LIGHTX2V_REPO_ID = "lightx2v/Wan2.2-Lightning"
+LIGHTX2V_FILENAME = "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/low_noise_model.safetensors"
+LIGHTX2V_DIRNAME = "Wan2.2-Lightning"
 
 DIFFUSERS_DIRNAME = "Wan2.1-T2V-14B-Diffusers"
 LORA_DIRNAME = "PusaV1"
@@ -101,6 +109,23 @@ def fetch_command(weights_dir: Path) -> str:
     if Path(weights_dir) != DEFAULT_WEIGHTS_DIR:
         command += f" --local-dir {shlex.quote(str(weights_dir))}"
     return command
+
+
+def lightx2v_fetch_command(weights_dir: Path) -> str:
+    """The exact command that downloads the Fast preset's LightX2V LoRA into ``weights_dir``."""
+    command = "python -m pusa_core.download --lightx2v"
+    if Path(weights_dir) != DEFAULT_WEIGHTS_DIR:
+        command += f" --local-dir {shlex.quote(str(weights_dir))}"
+    return command
+
+
+def find_lightx2v(weights_dir: Path, hf_cache_dir: Path | None = None) -> Path | None:
+    """The LightX2V LoRA file, complete, under ``weights_dir`` or in the Hugging Face cache; None when absent."""
+    candidates = [Path(weights_dir) / LIGHTX2V_DIRNAME / LIGHTX2V_FILENAME]
+    cached = _cached_file(LIGHTX2V_REPO_ID, LIGHTX2V_FILENAME, hf_cache_dir)
+    if cached is not None:
+        candidates.append(cached)
+    return next((path for path in candidates if not lora_problems(path)), None)
 
 
 def safetensors_problem(path: Path) -> str | None:

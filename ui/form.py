@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from pusa_core import conditioning
+from pusa_core import conditioning, facts
 from pusa_core.conditioning import parse_number as number
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import Settings
@@ -43,6 +43,33 @@ def text(value: Any, field: str) -> str:
     return value.strip()
 
 
+EXTRA_LORAS_EXAMPLE = "style:0.8, motion:1"
+
+
+def parse_extra_loras(value: Any) -> dict[str, int | float | Any]:
+    """``"style:0.8, motion:1"`` -> ``{"style": 0.8, "motion": 1}``; empty text is no extra LoRA.
+
+    The engine checks the names against the LoRAs it loaded and the weights against their range.
+    """
+    out: dict[str, Any] = {}
+    for item in text(value, "extra_loras").split(","):
+        if not item.strip():
+            continue
+        name, sep, weight = item.rpartition(":")
+        name = name.strip()
+        if not sep or not name or not weight.strip():
+            raise PusaInputError("extra_loras", f"{item.strip()!r} is not name:weight; write e.g. {EXTRA_LORAS_EXAMPLE}")
+        if name in out:
+            raise PusaInputError("extra_loras", f"{name!r} is listed twice; give each LoRA once")
+        out[name] = number(weight.strip(), "extra_loras")
+    return out
+
+
+def format_extra_loras(weights: dict[str, float]) -> str:
+    """The text :func:`parse_extra_loras` reads back."""
+    return ", ".join(f"{name}:{weight:g}" for name, weight in weights.items())
+
+
 def build_settings(values: dict[str, Any]) -> Settings:
     """The shared settings from the form's values, keyed by the handler's parameter names."""
     width, height = parse_size(values["size"])
@@ -58,6 +85,8 @@ def build_settings(values: dict[str, Any]) -> Settings:
         num_frames=number(values["frames"], "num_frames"),
         fps=number(values["fps"], "fps"),
         fit=values["fit"],
+        preset=values["preset"],
+        extra_loras=parse_extra_loras(values["extra_loras"]),
     )
 
 
@@ -73,6 +102,11 @@ def shared_values(saved: dict[str, Any]) -> dict[str, Any]:
         out["frames"] = s["num_frames"]
     if "width" in s and "height" in s:
         out["size"] = f"{s['width']}x{s['height']}"
+    if s:
+        # Settings saved before presets existed ran Quality, with no extra LoRA.
+        out["preset"] = s.get("preset", facts.QUALITY)
+        extra = s.get("extra_loras", {})
+        out["extra_loras"] = format_extra_loras(extra) if isinstance(extra, dict) else str(extra)
     if s.get("seed") is not None:
         # A saved seed reproduces the video only if it is used.
         out["seed"], out["randomize_seed"] = s["seed"], False

@@ -47,6 +47,8 @@ FIELD_LABELS = {
     "seed": "Seed",
     "randomize_seed": "Random seed",
     "settings file": "Settings file",
+    "preset": "Preset",
+    "extra_loras": "Extra LoRAs",
 }
 PHASE_LABELS = {
     "prompt": "Encoding the prompt",

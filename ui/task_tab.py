@@ -15,11 +15,12 @@ from typing import Any
 
 import gradio as gr
 
+from pusa_core import facts
 from pusa_core.requests import Request, Settings
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
 from ui.schedule_plot import schedule_html
-from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_reuse_seed
+from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
 # What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
 SchedulePlan = tuple[Any, Any, list[str] | None]
@@ -103,7 +104,12 @@ def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[.
     handler.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     handler.__annotations__ = {"request": gr.Request}
     handler.__name__ = handler.__qualname__ = f"generate_{spec.task}"
-    handler.__doc__ = f"{spec.doc} Returns (video, settings JSON, seed used, message)."
+    handler.__doc__ = (
+        f"{spec.doc} `preset` is '{facts.QUALITY}' or '{facts.FAST}' (the LightX2V LoRA: send "
+        f"steps={facts.FAST_STEPS} and cfg={facts.FAST_CFG:g} with it); "
+        "`extra_loras` is 'name:weight, ...' over the LoRAs the app was started with. "
+        "Returns (video, settings JSON, seed used, message)."
+    )
     return handler
 
 
@@ -128,7 +134,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
                 )
             initial = {name: own.components[name].value for name in spec.schedule_names}
             schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
-            controls = shared_controls(defaults)
+            controls = shared_controls(defaults, runner.engine.fast_preset_problem())
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
@@ -155,6 +161,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     # Outside the queue: a full queue must not stop anyone from cancelling.
     cancel.click(cancel_job, None, panel.message, queue=False, **public)
     wire_reuse_seed(panel, controls)
+    wire_preset(controls, runner.engine.preset_defaults)
 
     schedule_inputs = [*(own.components[n] for n in spec.schedule_names), controls.frames, controls.fps]
 

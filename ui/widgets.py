@@ -8,6 +8,7 @@ the field and the fix, and the limits are the ones in :mod:`pusa_core.facts`, sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import gradio as gr
 
 from pusa_core import facts
 from pusa_core.requests import DEFAULT_NEGATIVE_PROMPT, Settings
+from ui.form import EXTRA_LORAS_EXAMPLE, format_extra_loras
 
 SIZE_PRESETS: tuple[tuple[str, str], ...] = (
     ("832x480 · landscape (Wan's size)", "832x480"),
@@ -24,6 +26,13 @@ SIZE_PRESETS: tuple[tuple[str, str], ...] = (
     ("624x624 · square", "624x624"),
 )
 FIT_CHOICES = [("Crop to fill", "crop"), ("Pad with black bars", "pad")]
+PRESET_CHOICES = [
+    ("Quality · the model's own steps and guidance", facts.QUALITY),
+    (f"Fast · LightX2V, {facts.FAST_STEPS} steps, no guidance", facts.FAST),
+]
+# Transformer passes of a default job under each preset: steps, times two while guidance is on.
+QUALITY_PASSES = facts.DEFAULT_STEPS * (1 if facts.DEFAULT_CFG == 1 else 2)
+FAST_PASSES = facts.FAST_STEPS * (1 if facts.FAST_CFG == 1 else 2)
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp"]
 VIDEO_TYPES = [".mp4", ".mov", ".webm", ".mkv"]
 
@@ -83,7 +92,10 @@ def size_choices(defaults: Settings) -> list[tuple[str, str]]:
 
 
 # Order of the shared values in every handler's signature, after the task's own inputs.
-SHARED_NAMES = ("negative_prompt", "seed", "randomize_seed", "steps", "cfg", "lora_alpha", "size", "fit", "frames", "fps")
+SHARED_NAMES = (
+    "negative_prompt", "seed", "randomize_seed", "steps", "cfg", "lora_alpha", "size", "fit", "frames", "fps", "preset",
+    "extra_loras",
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class SharedControls:
     fit: gr.Radio
     frames: gr.Slider
     fps: gr.Slider
+    preset: gr.Radio
+    extra_loras: gr.Textbox
     memory: gr.Markdown
 
     def inputs(self) -> list[gr.components.Component]:
@@ -108,10 +122,11 @@ class SharedControls:
 
     def model_default_targets(self) -> list[gr.components.Component]:
         """What changes when the model's own defaults become known."""
-        return [self.steps, self.cfg, self.lora_alpha, self.size, self.frames, self.fps]
+        return [self.preset, self.steps, self.cfg, self.lora_alpha, self.size, self.frames, self.fps]
 
     def model_default_updates(self, defaults: Settings) -> list[Any]:
         return [
+            gr.update(value=defaults.preset),
             gr.update(value=defaults.steps),
             gr.update(value=defaults.cfg),
             gr.update(value=defaults.lora_alpha),
@@ -127,8 +142,25 @@ def prompt_box(placeholder: str, value: str = "") -> gr.Textbox:
     )
 
 
-def shared_controls(defaults: Settings) -> SharedControls:
-    """The settings accordion; rendered where it is called."""
+def _extra_loras_info(loaded: dict[str, float]) -> str:
+    if not loaded:
+        return "None loaded; start the app with --extra-lora PATH[:WEIGHT] to stack a style or motion LoRA"
+    return (f"LoRAs loaded with --extra-lora, as name:weight (leave one out to turn it off): "
+            f"{', '.join(loaded)}; e.g. {EXTRA_LORAS_EXAMPLE}")
+
+
+def shared_controls(defaults: Settings, fast_problem: str | None = None) -> SharedControls:
+    """The settings accordion under the preset choice; rendered where it is called.
+
+    ``fast_problem``: why the Fast preset cannot run here (and the command that fixes it), shown under the choice.
+    """
+    preset = EngineCheckedRadio(
+        PRESET_CHOICES, value=defaults.preset, label="Preset",
+        info=f"Fast stacks the LightX2V LoRA on Pusa's: {FAST_PASSES} transformer passes instead of {QUALITY_PASSES} "
+        "at Pusa's defaults; choosing one sets the steps and guidance below",
+    )
+    if fast_problem:
+        gr.Markdown(f"⚠️ {fast_problem[:1].upper()}{fast_problem[1:]}.", elem_classes="preset-note")
     # Steps and alpha are what users change most, so they stay in view; the rest folds away.
     with gr.Row():
         steps = limit_slider(
@@ -168,8 +200,26 @@ def shared_controls(defaults: Settings) -> SharedControls:
         negative_prompt = gr.Textbox(
             label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, max_lines=6, max_length=facts.MAX_PROMPT_CHARS
         )
+        extra_loras = gr.Textbox(
+            label="Extra LoRAs", value=format_extra_loras(dict(defaults.extra_loras)),
+            placeholder=EXTRA_LORAS_EXAMPLE, info=_extra_loras_info(dict(defaults.extra_loras)),
+        )
     memory = gr.Markdown()
-    return SharedControls(negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, memory)
+    return SharedControls(
+        negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, preset, extra_loras, memory
+    )
+
+
+def wire_preset(controls: SharedControls, preset_defaults: Callable[[str], Settings]) -> None:
+    """Choosing a preset on the page sets the steps and guidance it runs at (the API sends its own)."""
+
+    def choose(preset: str) -> tuple[Any, Any]:
+        if preset not in facts.PRESETS:
+            return gr.skip(), gr.skip()
+        s = preset_defaults(preset)
+        return s.steps, s.cfg
+
+    controls.preset.input(choose, controls.preset, [controls.steps, controls.cfg], queue=False, api_visibility="private")
 
 
 @dataclass(frozen=True)
