@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -28,8 +28,10 @@ from safetensors import safe_open
 from . import facts
 from .errors import PusaInputError
 from .lora import ADAPTER_NAME, load_lora
-from .placement import Placement
 from .requests import Settings
+
+if TYPE_CHECKING:  # the planner imports loading, which imports this module
+    from .placement import Placement
 
 LIGHTX2V_ADAPTER = "lightx2v"
 EXTRA_LORA_FLAG = "--extra-lora"
