@@ -219,9 +219,10 @@ class Engine:
 
     # -- one job ---------------------------------------------------------------------------------
     def generate(
-        self, request: Request, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+        self, request: Request, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+        preview: bool = False,
     ) -> GenerationResult:
-        """Run one job to an MP4.
+        """Run one job to an MP4; with ``preview``, denoising progress carries a picture of the video forming.
 
         Raises PusaInputError, GenerationCancelled, JobTimedOut, EngineNotReady or OutOfMemory.
         """
@@ -239,7 +240,7 @@ class Engine:
                 assert self._placement is not None and self._devices is not None and self._loras is not None
                 return self.jobs.run(
                     components, self._placement, self._devices, self._loras, request, plan,
-                    progress or (lambda p: None), cancel,
+                    progress or (lambda p: None), cancel, preview,
                 )
             except torch.OutOfMemoryError:
                 gc.collect()

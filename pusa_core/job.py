@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .conditioning import Conditioning
@@ -31,6 +32,7 @@ from .adapters import LoraStack
 from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .outputs import OutputFolder
 from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_job
+from .preview import decoded_strip, linear_strip
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import Deadline, StepReport, sample
 from .text import encode_prompts, token_count
@@ -48,6 +50,7 @@ class Progress:
     total: int | None
     eta_seconds: float | None
     message: str
+    preview: np.ndarray | None = None  # after a denoising step, when asked for: the clean estimate as an RGB strip
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -98,7 +101,9 @@ class JobRunner:
         plan: Conditioning,
         progress: ProgressCallback,
         cancel: threading.Event | None,
+        preview: bool = False,
     ) -> GenerationResult:
+        """``preview``: each step's progress carries a strip of the clean estimate (see :mod:`pusa_core.preview`)."""
         s = request.settings
         memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames))
         if memory.verdict != "ok":
@@ -115,7 +120,8 @@ class JobRunner:
 
         def report(phase: str, within: float, message: str, **extra: Any) -> None:
             lo, hi = _PHASES[phase]
-            progress(Progress(phase, lo * (1 - within) + hi * within, extra.get("step"), extra.get("total"), extra.get("eta"), message))
+            fraction = lo * (1 - within) + hi * within
+            progress(Progress(phase, fraction, extra.get("step"), extra.get("total"), extra.get("eta"), message, extra.get("preview")))
 
         report("prompt", 0.0, "encoding prompt")
         notes = self._prompt_notes(c, s)
@@ -133,7 +139,12 @@ class JobRunner:
 
         def on_step(r: StepReport) -> None:
             eta = r.seconds / r.step * (r.total - r.step)
-            report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta)
+            # The small model's decoder is cheap enough to show the real thing; the 14B's is not.
+            strip = (
+                (decoded_strip(c.vae, r.denoised, devices.vae_device) if c.is_small else linear_strip(r.denoised))
+                if preview else None
+            )
+            report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta, preview=strip)
 
         report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
         result = sample(

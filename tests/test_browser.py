@@ -102,3 +102,18 @@ def test_the_schedule_picture_follows_typed_positions(page) -> None:
     expect(schedule).to_contain_text("frames 1–4")
     page.locator("#multiframe-positions textarea").fill("0,9")
     expect(schedule).to_contain_text("positions: 9 is out of range")
+
+
+def test_the_preview_shows_the_video_forming_and_hides_after(page) -> None:
+    expect = sync_api.expect
+    page.get_by_role("tab", name="Text-to-Video").click()
+    page.locator("#t2v-prompt textarea").fill("a red ball bounces")
+    # Enough steps that the page's half-second timer sees the job at work.
+    steps = page.locator("#t2v-steps input[type=number]")
+    steps.fill("100")
+    steps.press("Enter")
+    page.locator("#t2v-generate").click()
+    preview = page.locator("#t2v-preview img")
+    expect(preview).to_have_attribute("src", re.compile(r".+"), timeout=TIMEOUT_MS)
+    expect(page.locator("#t2v-message")).to_contain_text("Done in", timeout=TIMEOUT_MS)
+    expect(page.locator("#t2v-preview")).to_be_hidden()

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pusa_core.job import Progress
 from pusa_core.latents import decode_latents
+from pusa_core.requests import Settings, TextToVideo
 from pusa_core.preview import WAN21_LATENT_RGB, strip_frames, WAN21_LATENT_RGB_BIAS, decoded_strip, fit_latent_rgb, linear_strip
 from pusa_core.sampling import StepReport, sample
 from pusa_core.schedule import frame_multipliers
@@ -59,3 +61,15 @@ def test_the_last_steps_clean_estimate_is_the_result():
     # The schedule ends at sigma 0, so the last Euler step lands on its own clean estimate.
     assert torch.allclose(reports[-1].denoised, result.latents, atol=1e-6)
     assert not torch.allclose(reports[0].denoised, reports[0].latents)
+
+
+def test_a_job_asked_for_a_preview_reports_one_each_step(tiny_engine):
+    reports: list[Progress] = []
+    settings = Settings(prompt="a red ball", width=64, height=64, num_frames=9, steps=3, seed=5)
+    tiny_engine.generate(TextToVideo(settings), progress=reports.append, preview=True)
+    strips = [p.preview for p in reports if p.preview is not None]
+    assert [p.step for p in reports if p.preview is not None] == [1, 2, 3]
+    assert all(s.dtype == np.uint8 and s.shape == (64, 3 * 64, 3) for s in strips)  # 3 latent frames, decoded
+    reports.clear()
+    tiny_engine.generate(TextToVideo(settings), progress=reports.append)
+    assert all(p.preview is None for p in reports)

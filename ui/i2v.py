@@ -17,7 +17,7 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> 
     image = ImageUpload(
         label="Start image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=280, elem_id="i2v-image"
     )
-    prompt = prompt_box("What happens after this first frame, e.g. 'the sun sets slowly over the sea'")
+    prompt = prompt_box("i2v", "What happens after this first frame, e.g. 'the sun sets slowly over the sea'")
     noise = limit_slider(
         facts.NOISE_MULTIPLIER, noise_multiplier, "Noise multiplier",
         f"How much the video may depart from the image: 0 keeps it exactly as frame 0, 1 ignores it "

@@ -38,7 +38,7 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> 
         type="filepath",
         allow_reordering=True,
     )
-    prompt = prompt_box("What happens between the frames, e.g. 'a red ball rolls across the grass'")
+    prompt = prompt_box("multiframe", "What happens between the frames, e.g. 'a red ball rolls across the grass'")
     with gr.Row():
         positions = gr.Textbox(
             label="Positions", value=first_last, elem_id="multiframe-positions",

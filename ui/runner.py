@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
@@ -108,6 +109,7 @@ class _Job:
     cancel: threading.Event
     last: Progress | None = None
     left: bool = False  # the caller went away (closed the tab, killed the client, cancelled the event)
+    preview: np.ndarray | None = None  # the latest step's picture, when the page asked for one
 
 
 def _request_size(request: Request, *_: Any) -> ZeroGpuJob:
@@ -126,6 +128,7 @@ class Runner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._jobs: dict[str, _Job] = {}
+        self._preview_wanted: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._run_job = wrap_for_zerogpu(self._run_sync, _request_size)
 
@@ -157,10 +160,11 @@ class Runner:
             raise input_error(err) from None
         job = _Job(threading.Event())
         key = session or NO_SESSION
+        preview = self._preview_wanted.get(key, False)
         with self._lock:
             self._jobs[key] = job
         try:
-            return await asyncio.to_thread(self._run_job, request, job, progress)
+            return await asyncio.to_thread(self._run_job, request, job, progress, preview)
         except asyncio.CancelledError:
             # gradio cancelled the event: the engine stops at its next step, and writes nothing.
             job.left = True
@@ -171,14 +175,16 @@ class Runner:
                 if self._jobs.get(key) is job:
                     del self._jobs[key]
 
-    def _run_sync(self, request: Request, job: _Job, progress: gr.Progress | None) -> Outputs:
+    def _run_sync(self, request: Request, job: _Job, progress: gr.Progress | None, preview: bool = False) -> Outputs:
         def report(p: Progress) -> None:
             job.last = p
+            if p.preview is not None:
+                job.preview = p.preview
             if progress is not None and not job.left:
                 progress(p.fraction, desc=progress_text(p))
 
         try:
-            result = self.engine.generate(request, progress=report, cancel=job.cancel)
+            result = self.engine.generate(request, progress=report, cancel=job.cancel, preview=preview)
         except PusaInputError as err:
             raise input_error(err) from None
         except GenerationCancelled:
@@ -212,10 +218,25 @@ class Runner:
         if session is None:
             return
         with self._lock:
+            self._preview_wanted.pop(session, None)
             job = self._jobs.get(session)
         if job is not None:
             job.left = True
             job.cancel.set()
+
+    def want_preview(self, session: str | None, on: bool) -> None:
+        """Whether this session's next jobs make a step preview (the page's switch)."""
+        with self._lock:
+            if on:
+                self._preview_wanted[session or NO_SESSION] = True
+            else:
+                self._preview_wanted.pop(session or NO_SESSION, None)
+
+    def latest_preview(self, session: str | None) -> np.ndarray | None:
+        """The newest step picture of this session's running job, if it made one."""
+        with self._lock:
+            job = self._jobs.get(session or NO_SESSION)
+        return job.preview if job is not None else None
 
     def running(self, session: str | None) -> bool:
         with self._lock:

@@ -16,7 +16,7 @@ EXAMPLE_PROMPTS = (
 
 
 def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
-    prompt = prompt_box("Describe the video, e.g. 'a red ball bounces on a green field'")
+    prompt = prompt_box("t2v", "Describe the video, e.g. 'a red ball bounces on a green field'")
     return TaskInputs({"prompt": prompt}, examples=[[text] for text in EXAMPLE_PROMPTS], example_names=("prompt",))
 
 

@@ -22,6 +22,7 @@ from ui.runner import GPU_QUEUE, Outputs, Runner
 from ui.schedule_plot import schedule_html
 from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
+PREVIEW_SECONDS = 0.5  # how often the page fetches the latest step preview while a job runs
 # What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
 SchedulePlan = tuple[Any, Any, list[str] | None]
 
@@ -134,7 +135,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
                 )
             initial = {name: own.components[name].value for name in spec.schedule_names}
             schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
-            controls = shared_controls(defaults, runner.engine.fast_preset_problem())
+            controls = shared_controls(spec.task, defaults, runner.engine.fast_preset_problem())
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
@@ -146,12 +147,31 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     components = tuple({**own.components, **shared}.values())
     busy = [gr.update(interactive=False), gr.update(interactive=True)]
     idle = [gr.update(interactive=True), gr.update(interactive=False)]
-    started = generate.click(lambda: busy, None, [generate, cancel], queue=False, api_visibility="private")
+    # The page's own Generate asks for a step preview (API callers do not see one, so they do not pay for it).
+    watch = gr.Timer(PREVIEW_SECONDS, active=False)
+
+    def start(show: bool, request: gr.Request) -> list[Any]:
+        runner.want_preview(request.session_hash if request else None, bool(show))
+        return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show))]
+
+    def finish() -> list[Any]:
+        return [*idle, gr.Timer(active=False), gr.update(visible=False)]
+
+    toggles = [generate, cancel, watch, panel.preview]
+    started = generate.click(start, panel.show_preview, toggles, queue=False, api_visibility="private")
     job = started.then(
         _handler(spec, names, runner), list(components), panel.outputs(),
         api_name=spec.task, concurrency_id=GPU_QUEUE, concurrency_limit=1,
     )
-    job.then(lambda: idle, None, [generate, cancel], queue=False, api_visibility="private")
+    job.then(finish, None, toggles, queue=False, api_visibility="private")
+    # gradio 6.31 does not run .then() after an event that raised, so a refused job resets the page here.
+    job.failure(finish, None, toggles, queue=False, api_visibility="private")
+
+    def show_latest(request: gr.Request) -> Any:
+        strip = runner.latest_preview(request.session_hash if request else None)
+        return gr.skip() if strip is None else strip
+
+    watch.tick(show_latest, None, panel.preview, queue=False, api_visibility="private")
 
     def cancel_job(request: gr.Request) -> str:
         """Stop this session's running job at its next denoising step."""

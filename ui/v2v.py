@@ -46,7 +46,7 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> 
     ext_positions, ext_multipliers = extension_plan(defaults.num_frames)
     comp_positions, comp_multipliers = completion_plan(defaults.num_frames)
     video = gr.Video(label="Input video", sources=["upload"], height=280)
-    prompt = prompt_box("What the whole video shows, e.g. 'a blue square moves across a white background'")
+    prompt = prompt_box("v2v", "What the whole video shows, e.g. 'a blue square moves across a white background'")
     with gr.Row():
         positions = gr.Textbox(
             label="Positions", value=ext_positions,

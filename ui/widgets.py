@@ -136,9 +136,10 @@ class SharedControls:
         ]
 
 
-def prompt_box(placeholder: str, value: str = "") -> gr.Textbox:
+def prompt_box(task: str, placeholder: str, value: str = "") -> gr.Textbox:
     return gr.Textbox(
-        label="Prompt", value=value, placeholder=placeholder, lines=3, max_lines=8, max_length=facts.MAX_PROMPT_CHARS
+        label="Prompt", value=value, placeholder=placeholder, lines=3, max_lines=8, max_length=facts.MAX_PROMPT_CHARS,
+        elem_id=f"{task}-prompt",
     )
 
 
@@ -149,7 +150,7 @@ def _extra_loras_info(loaded: dict[str, float]) -> str:
             f"{', '.join(loaded)}; e.g. {EXTRA_LORAS_EXAMPLE}")
 
 
-def shared_controls(defaults: Settings, fast_problem: str | None = None) -> SharedControls:
+def shared_controls(task: str, defaults: Settings, fast_problem: str | None = None) -> SharedControls:
     """The settings accordion under the preset choice; rendered where it is called.
 
     ``fast_problem``: why the Fast preset cannot run here (and the command that fixes it), shown under the choice.
@@ -165,7 +166,7 @@ def shared_controls(defaults: Settings, fast_problem: str | None = None) -> Shar
     with gr.Row():
         steps = limit_slider(
             facts.STEPS, defaults.steps, "Inference steps",
-            f"More steps, finer detail, longer wait ({facts.DEFAULT_STEPS} is Pusa's default)",
+            f"More steps, finer detail, longer wait ({facts.DEFAULT_STEPS} is Pusa's default)", elem_id=f"{task}-steps",
         )
         lora_alpha = limit_slider(
             facts.LORA_ALPHA, defaults.lora_alpha, "LoRA alpha",
@@ -231,19 +232,29 @@ class OutputPanel:
     seed_used: gr.Number
     message: gr.Markdown
     reuse_seed: gr.Button
+    show_preview: gr.Checkbox
+    preview: gr.Image
 
     def outputs(self) -> list[gr.components.Component]:
         return [self.video, self.settings_file, self.seed_used, self.message]
 
 
 def output_panel(task: str) -> OutputPanel:
+    with gr.Row():
+        show_preview = gr.Checkbox(
+            value=True, label="Watch it form", elem_id=f"{task}-show-preview",
+            info="A picture of the clean estimate after each step (first, middle and last frames)",
+        )
+    preview = gr.Image(
+        label="Forming", interactive=False, visible=False, height=120, elem_id=f"{task}-preview", show_label=True,
+    )
     video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=420, elem_id=f"{task}-video")
     with gr.Row():
         seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
         reuse_seed = gr.Button("Use this seed", size="md", interactive=False, elem_id=f"{task}-reuse-seed")
     settings_file = gr.File(label="Settings JSON", interactive=False)
     message = gr.Markdown(label="Message", elem_id=f"{task}-message")
-    return OutputPanel(video, settings_file, seed_used, message, reuse_seed)
+    return OutputPanel(video, settings_file, seed_used, message, reuse_seed, show_preview, preview)
 
 
 def wire_reuse_seed(panel: OutputPanel, controls: SharedControls) -> None:
