@@ -13,8 +13,8 @@ A denoising step runs the 14B once per guidance pass (two with cfg > 1, one at c
     stop code, :mod:`pusa_core.parallel`): each rank sends its pass's output and receives the other.
   - ``sequence-parallel``: per pass, 4 all-to-alls per block (q, k, v and the attention output,
     each ``[tokens/N, dim]``; a rank keeps 1/N of each and sends the rest), the padding mask's
-    all-gather per block when the tokens were padded, and the all-gather of the output
-    ``[tokens/N, 64]`` at the end.
+    all-gather per block when the tokens were padded, the all-gather of the output
+    ``[tokens/N, 64]`` at the end, and the ranks' one-int64 stop-code all-reduce before each pass.
   - ``shard``: per pass, the hidden states ``[tokens, dim]`` cross to the next GPU once, and
     accelerate's hook copies every block's other inputs (rotary tables ``2 x [tokens, 128]`` fp32,
     text states ``[512, dim]``, per-frame modulation ``[F, 6, dim]`` fp32) to that block's GPU again.
@@ -36,11 +36,7 @@ from ..facts import (SPATIAL_COMPRESSION, TEXT_TOKENS, WAN_14B_DIM, WAN_14B_LAYE
 # A typical achieved share of the dense bf16 tensor peak for the 14B's large matmuls and attention;
 # `benchmarks/gpu_check.py` measures it on a real GPU.
 ACHIEVED_FRACTION = 0.40
-BF16_BYTES = 2
 FP32_BYTES = 4
-LATENT_CHANNELS = 16
-HEAD_DIM = 128  # Wan2.1-14B: 40 heads of 128
-OUT_FEATURES = LATENT_CHANNELS * 2 * 2  # proj_out: 16 channels x the 1x2x2 patch
 # Ulysses exchanges q, k, v before and the attention output after attention, in every block.
 ALL_TO_ALLS_PER_BLOCK = 4
 # diffusers' layerwise casting per fp8 parameter and pass: read the fp8 weight, write its bf16 copy.
@@ -148,59 +144,99 @@ class Layout:
     streamed_bytes: int = 0  # weight bytes streamed from the host per pass, for offload
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """The transformer's sizes that set the bytes of the collectives (defaults: Wan2.1-14B in bf16)."""
+
+    dim: int = WAN_14B_DIM
+    layers: int = WAN_14B_LAYERS
+    head_dim: int = 128
+    latent_channels: int = 16
+    element_bytes: int = 2  # the transformer's dtype: bf16 on GPUs
+
+    @property
+    def out_features(self) -> int:
+        """proj_out's features per token: the latent channels times the 1x2x2 patch."""
+        return self.latent_channels * 4
+
+
+WAN_14B = Shapes()
+# The stop code every rank agrees on (pusa_core.parallel): one int64 all-reduce.
+STOP_CODE_BYTES = 8
+
+
 def step_time(layout: Layout, width: int, height: int, frames: int, cfg: float, gpu: GpuClass,
               link: Link) -> StepTime:
-    """The predicted step of a ``width x height x frames`` job at ``cfg`` under ``layout``."""
+    """The predicted step of a ``width x height x frames`` job at ``cfg`` under ``layout`` (the 14B)."""
     tokens = latent_tokens(width, height, frames)
     passes = 2 if cfg > 1 else 1
     one_gpu = passes * pass_flops(tokens) / gpu.flops_per_s
     upcast = FP8_UPCAST_BYTES * WAN_14B_PARAMS / (gpu.memory_gbps * 1e9) if layout.fp8 else 0.0
-    # cfg-parallel: each guidance group runs one pass; within a group, sequence ranks split tokens.
-    rank_passes = 1 if layout.cfg_degree == 2 else passes
     degree = layout.sequence_degree
-    local = -(-tokens // degree)
-    pass_s = pass_flops(local * degree) / degree / gpu.flops_per_s + upcast
-    collectives = []
-    if degree > 1:
-        collectives += _ulysses(tokens, degree, rank_passes)
+    padded = -(-tokens // degree) * degree
+    pass_s = pass_flops(padded) / degree / gpu.flops_per_s + upcast
+    found = step_collectives(layout, width, height, frames, cfg)
+    if layout.kind == "offload":  # the copies overlap the pass: the longer of the two
+        return StepTime(layout.kind, gpu, link, passes * max(pass_s, layout.streamed_bytes / HOST_LINK.bytes_per_s),
+                        0.0, one_gpu, found)
+    comm = sum(c.seconds(link) for c in found)
+    return StepTime(layout.kind, gpu, link, _rank_passes(layout, cfg) * pass_s, comm, one_gpu, found)
+
+
+def _rank_passes(layout: Layout, cfg: float) -> int:
+    """Passes one rank runs a step: under cfg-parallel one guidance group runs each of the two."""
+    return 1 if layout.cfg_degree == 2 or cfg == 1 else 2
+
+
+def step_collectives(layout: Layout, width: int, height: int, frames: int, cfg: float,
+                     shapes: Shapes = WAN_14B) -> tuple[Collective, ...]:
+    """Every transfer of one step under ``layout``, with the bytes one rank sends (the host, for offload)."""
+    tokens = latent_tokens(width, height, frames)
+    passes = _rank_passes(layout, cfg)
+    found: list[Collective] = []
+    if layout.sequence_degree > 1:
+        found += _ulysses(tokens, layout.sequence_degree, passes, shapes)
+        # A rank agrees on the stop code before each pass (sequence-parallel), or before its pass
+        # and after the exchange (2 x N).
+        agreements = 2 if cfg > 1 else 1
+        found.append(Collective("stop-code all-reduce", agreements, agreements * STOP_CODE_BYTES))
     if layout.cfg_degree == 2:
-        velocity = LATENT_CHANNELS * latent_frame_count(frames) * _latent_pixels(width, height) + 1
-        collectives.append(Collective("cfg all-gather of the velocity", 1, velocity * BF16_BYTES))
+        velocity = shapes.latent_channels * latent_frame_count(frames) * _latent_pixels(width, height) + 1
+        found.append(Collective("cfg all-gather of the velocity", 1, velocity * shapes.element_bytes))
     if layout.kind == "shard":
-        collectives += _shard_hops(tokens, latent_frame_count(frames), layout.shard_blocks, passes)
-    compute = rank_passes * pass_s
-    comm = sum(c.seconds(link) for c in collectives)
+        found += _shard_hops(tokens, latent_frame_count(frames), layout.shard_blocks, 2 if cfg > 1 else 1, shapes)
     if layout.kind == "offload":
-        streamed = Collective("weights streamed from the host", passes, passes * layout.streamed_bytes)
-        collectives.append(streamed)
-        compute = passes * max(pass_s, layout.streamed_bytes / HOST_LINK.bytes_per_s)
-    return StepTime(layout.kind, gpu, link, compute, comm, one_gpu, tuple(collectives))
+        found.append(Collective("weights streamed from the host", passes, passes * layout.streamed_bytes))
+    return tuple(found)
 
 
 def _latent_pixels(width: int, height: int) -> int:
     return (height // SPATIAL_COMPRESSION) * (width // SPATIAL_COMPRESSION)
 
 
-def _ulysses(tokens: int, degree: int, passes: int) -> list[Collective]:
+def _ulysses(tokens: int, degree: int, passes: int, shapes: Shapes) -> list[Collective]:
     """Per step, one rank's Ulysses traffic: the all-to-alls, the padding mask, the output gather."""
     local = -(-tokens // degree)
     others = degree - 1
     # An all-to-all keeps 1/N of the rank's [local, dim] buffer and sends the other N-1 parts.
-    slab = local * WAN_14B_DIM * BF16_BYTES * others // degree
-    count = passes * WAN_14B_LAYERS * ALL_TO_ALLS_PER_BLOCK
-    out = [Collective("Ulysses all-to-alls (q, k, v, out)", count, count * slab)]
+    slab = local * shapes.dim * shapes.element_bytes * others // degree
+    count = passes * shapes.layers * ALL_TO_ALLS_PER_BLOCK
+    found = [Collective("Ulysses all-to-alls (q, k, v, out)", count, count * slab)]
     if tokens % degree:  # the rank's [local] bool key mask, gathered by every block's attention
-        out.append(Collective("padding mask all-gather", passes * WAN_14B_LAYERS, passes * WAN_14B_LAYERS * local))
-    out.append(Collective("output all-gather", passes, passes * local * OUT_FEATURES * BF16_BYTES * others))
-    return out
+        blocks = passes * shapes.layers
+        found.append(Collective("padding mask all-gather", blocks, blocks * local * others))
+    output = local * shapes.out_features * shapes.element_bytes * others
+    found.append(Collective("output all-gather", passes, passes * output))
+    return found
 
 
-def _shard_hops(tokens: int, latent_frames: int, blocks: tuple[int, ...], passes: int) -> list[Collective]:
+def _shard_hops(tokens: int, latent_frames: int, blocks: tuple[int, ...], passes: int,
+                shapes: Shapes) -> list[Collective]:
     """Per step, what crosses from one GPU to the next: hidden states once, each block's other inputs."""
     later = [n for n in blocks[1:] if n]
-    hidden = tokens * WAN_14B_DIM * BF16_BYTES
-    inputs = (2 * tokens * HEAD_DIM * FP32_BYTES + TEXT_TOKENS * WAN_14B_DIM * BF16_BYTES
-              + latent_frames * 6 * WAN_14B_DIM * FP32_BYTES)
+    hidden = tokens * shapes.dim * shapes.element_bytes
+    inputs = (2 * tokens * shapes.head_dim * FP32_BYTES + TEXT_TOKENS * shapes.dim * shapes.element_bytes
+              + latent_frames * 6 * shapes.dim * FP32_BYTES)
     return [
         Collective("hidden states to the next GPU", passes * len(later), passes * len(later) * hidden),
         Collective("block inputs copied by accelerate's hooks", passes * sum(later), passes * sum(later) * inputs),
