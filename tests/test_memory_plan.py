@@ -272,8 +272,11 @@ def test_cli_reads_the_placement_from_its_environment_variable(monkeypatch, caps
 
 def test_cli_table(capsys):
     assert plan_cli.main(["--table"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out.strip()
+    rows = out.splitlines()
     assert len(rows) == 2 + 8
+    section = (ROOT / "README.md").read_text().split("## Where the 14B runs", 1)[1].split("\n## ", 1)[0]
+    assert "\n".join(line for line in section.splitlines() if line.startswith("|")) == out
     assert rows[2].startswith("| 2x48 GB | 832x480 | shard | 19 / 21 |")
     assert all(row.endswith("| ok |") for row in rows[2:])
 

@@ -132,8 +132,8 @@ def choose_placement(gpus: Sequence[Gpu], job: JobSize = REFERENCE_JOB, requeste
     Automatic with one process, as always: shard with two or more GPUs, single when the job fits
     one GPU, offload otherwise, cpu without CUDA; when sharding or a single GPU is predicted not to
     fit but offloading does, offload is chosen and the reason says so. With more processes the
-    fastest placement that fits by :mod:`.speed`'s model, in the weights asked for; fp8 storage only
-    when no parallel placement fits in bf16 or it is predicted at least
+    fastest placement that fits by :mod:`.speed`'s model, in the weights asked for; a parallel
+    placement with fp8 storage only when nothing fits in bf16 or it is predicted at least
     :data:`FP8_MIN_SPEEDUP` times faster than the best that does. ``host`` simulates the RAM for cpu plans.
     """
     options = options or PlanOptions()
