@@ -39,7 +39,6 @@ if __name__ == "__main__":
                  "with 80 GB or more, or two or more under torchrun; `--device cpu --config SMALL.json` runs "
                  "its code paths on the CPU instead.")
 
-import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -49,7 +48,7 @@ from typing import Any, Callable  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pusa_core.facts import DEFAULT_CFG, PUSA_LORA_RANK, TEXT_TOKENS, latent_frame_count, pass_flops  # noqa: E402
+from pusa_core.facts import DEFAULT_CFG, PUSA_LORA_RANK, TEXT_TOKENS, pass_flops  # noqa: E402
 from pusa_core.loading import TRANSFORMER_14B_CONFIG, read_config  # noqa: E402
 from pusa_core.parallel import init_group, parallel_guidance  # noqa: E402
 from pusa_core.placement import GIB, JobSize, PlanOptions, gib, plan_memory, simulated_gpus  # noqa: E402

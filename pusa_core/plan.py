@@ -154,7 +154,7 @@ def _parallel_row(gpus: tuple[float, ...], job: JobSize, cfg: float, options: Pl
     pcie, nvlink = placement.step_time(cfg, "pcie4"), placement.step_time(cfg, "nvlink")
     assert pcie is not None and nvlink is not None  # GPU placements have a step time
     kind = plan.kind + (" (fp8)" if placement.fp8 else "")
-    ranks = f"{placement.cfg_degree} x {placement.sequence_degree}" if plan.kind != "offload" and plan.kind != "shard" else "1 process"
+    ranks = "1 process" if plan.kind in ("shard", "single", "offload") else f"{placement.cfg_degree} x {placement.sequence_degree}"
     return (f"| {len(gpus)}x{gpus[0]:g} GB | {job.width}x{job.height} | {cfg:g} | {kind} | {ranks} "
             f"| {' / '.join(gib(d.peak) for d in gpu_devices)} | {pcie.ratio:.2f} / {nvlink.ratio:.2f} "
             f"| {_bytes(pcie.link_bytes)} | {plan.verdict} |")
