@@ -235,7 +235,7 @@ def test_vae_decode_model_is_conservative():
 
 
 def test_cli_prints_the_plan():
-    cmd = [sys.executable, "-m", "pusa_core.plan", "--gpus", "48,48", "--size", "1280x720", "--frames", "81"]
+    cmd = [sys.executable, "-m", "pusa_core.plan", "--gpus", "48,48", "--size", "1280x720", "--frames", "81", "--ranks", "1"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = run.stdout
@@ -261,7 +261,7 @@ def test_cli_reads_the_placement_from_its_environment_variable(monkeypatch, caps
     monkeypatch.setenv(ENV_VAR, "offload")
     assert plan_cli.main(flags) == 0
     assert "Placement: offload - offload requested (--placement / PUSA_PLACEMENT)" in capsys.readouterr().out
-    assert plan_cli.main([*flags, "--placement", "auto"]) == 0  # the flag wins
+    assert plan_cli.main([*flags, "--placement", "auto", "--ranks", "1"]) == 0  # the flag wins
     assert "Placement: shard - 2 GPUs" in capsys.readouterr().out
     monkeypatch.setenv(ENV_VAR, "gpu")
     with pytest.raises(SystemExit) as exit_:
@@ -272,8 +272,11 @@ def test_cli_reads_the_placement_from_its_environment_variable(monkeypatch, caps
 
 def test_cli_table(capsys):
     assert plan_cli.main(["--table"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out.strip()
+    rows = out.splitlines()
     assert len(rows) == 2 + 8
+    section = (ROOT / "README.md").read_text().split("## Where the 14B runs", 1)[1].split("\n## ", 1)[0]
+    assert "\n".join(line for line in section.splitlines() if line.startswith("|")) == out
     assert rows[2].startswith("| 2x48 GB | 832x480 | shard | 19 / 21 |")
     assert all(row.endswith("| ok |") for row in rows[2:])
 

@@ -132,7 +132,7 @@ def test_requested_kind_is_validated_and_the_error_names_the_flag_and_its_variab
             requested_kind(bad)
         assert err.value.field == "placement"
         assert str(err.value) == (f"placement: {bad!r} is not a placement (--placement / PUSA_PLACEMENT); "
-                                  "use one of auto, shard, single, offload, cpu")
+                                  "use one of auto, shard, single, offload, cpu, cfg-parallel, sequence-parallel")
 
 
 def test_choose_without_gpus_is_cpu_and_bad_overrides_are_refused():

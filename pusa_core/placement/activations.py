@@ -32,6 +32,17 @@ FFN_HIDDEN_BYTES = 4
 CROSS_ATTENTION_TEXT_BYTES = 16
 # Hidden states between blocks, twice: an accelerate hook copies them to the next block's device.
 STREAM_BYTES = 4
+# Ulysses attention (diffusers' TemplatedUlyssesAttention) makes q, k and v contiguous in send order
+# and receives them back from the all-to-all before the old copies are freed: 6 + 6 bytes per
+# element of the rank's [local tokens, hidden] slice, on top of the attention stage.
+ULYSSES_STAGING_BYTES = 12
+# Under sequence parallelism the rank's slices of the patch-embedded tokens and of the rotary tables
+# are views of the whole (diffusers splits with chunk / tensor_split), so the whole tensors stay
+# alive until the first block has replaced the hidden states: bytes per [tokens, hidden] element.
+WHOLE_INPUT_BYTES = 2
+# cfg-parallel's exchange (pusa_core.parallel): the pass's output flattened with the stop code, the
+# two-row all-gather buffer: three latent-sized tensors in the transformer's dtype.
+CFG_EXCHANGE_COPIES = 3
 # The sampler's fp32 latent-sized tensors: latents, noise, conditioning, two velocities, guided
 # velocity, next latents and one spare.
 SAMPLER_LATENT_COPIES = 8
@@ -96,6 +107,7 @@ class Activations:
     block: int  # one block's largest working set
     fp8_upcast: int  # one linear upcast from fp8 storage
     sampler: int  # fp32 latent-sized tensors of the sampler
+    cfg_exchange: int  # cfg-parallel's all-gather buffers (counted only under cfg-parallel)
     text_encode: int
     vae_decode: int
     vae_decode_tiled: int
@@ -105,16 +117,26 @@ class Activations:
         return self.modulation + self.stream + self.block + self.fp8_upcast
 
 
-def estimate_activations(job: JobSize, options: PlanOptions, models: MetaModels) -> Activations:
-    """The conservative activation model for ``job``."""
+def estimate_activations(job: JobSize, options: PlanOptions, models: MetaModels,
+                         sequence_degree: int = 1) -> Activations:
+    """The conservative activation model for ``job``; ``sequence_degree`` ranks share its tokens.
+
+    Under sequence parallelism a rank runs the blocks on its slice of the tokens (the count padded
+    to a multiple of the degree, as :class:`~pusa_core.transformer.TokenSequence` pads it), with
+    Ulysses' all-to-all buffers, while the whole patch-embedded input and rotary tables stay alive.
+    """
     cfg = models.transformer.config
     heads, head_dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
     dim, ffn, text_dim = heads * head_dim, cfg["ffn_dim"], cfg["text_dim"]
     tokens, frames = job.tokens, job.latent_frames
+    local = -(-tokens // sequence_degree)  # the rank's slice
+    padded = local * sequence_degree
     scale = options.compute_bytes / 2  # the coefficients are for bf16 compute
-    block = max(ATTENTION_STAGE_BYTES * tokens * dim, FFN_STAGE_BYTES * tokens * dim + FFN_HIDDEN_BYTES * tokens * ffn)
+    attention = ATTENTION_STAGE_BYTES + (ULYSSES_STAGING_BYTES if sequence_degree > 1 else 0)
+    block = max(attention * local * dim, FFN_STAGE_BYTES * local * dim + FFN_HIDDEN_BYTES * local * ffn)
     block += CROSS_ATTENTION_TEXT_BYTES * TEXT_TOKENS * dim
-    stream = STREAM_BYTES * tokens * dim + 2 * 4 * tokens * head_dim + 2 * TEXT_TOKENS * (text_dim + dim)
+    whole = WHOLE_INPUT_BYTES * padded * dim if sequence_degree > 1 else 0
+    stream = STREAM_BYTES * local * dim + whole + 2 * 4 * padded * head_dim + 2 * TEXT_TOKENS * (text_dim + dim)
     latent_pixels = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)
     latent_elems = cfg["in_channels"] * frames * latent_pixels
     vae_bytes = VAE_DTYPES[options.vae_dtype].itemsize
@@ -128,6 +150,7 @@ def estimate_activations(job: JobSize, options: PlanOptions, models: MetaModels)
         block=int(block * scale),
         fp8_upcast=FP8_UPCAST_LAYERS * models.sizes.largest_fp8_linear_params * 2,
         sampler=SAMPLER_LATENT_COPIES * latent_elems * 4,
+        cfg_exchange=CFG_EXCHANGE_COPIES * latent_elems * options.compute_bytes,
         text_encode=int(TEXT_ENCODE_ACTIVATIONS * scale),
         vae_decode=per_pixel * job.width * job.height + VAE_VIDEO_COPIES * video,
         vae_decode_tiled=per_pixel * tile_pixels + VAE_TILED_VIDEO_COPIES * video,

@@ -1,6 +1,8 @@
 """Applying a placement to loaded components: accelerate's hooks for ``shard``, one device for
 ``single``, diffusers group offloading for ``offload`` (CUDA streams overlap the copies with
-compute; optionally fp8 weight storage), float32 on the CPU for ``cpu``.
+compute; optionally fp8 weight storage), float32 on the CPU for ``cpu``, and this rank's share
+for ``cfg-parallel`` / ``sequence-parallel`` (the whole transformer on the rank's GPU; the text
+encoder and the VAE on the one rank the plan gives them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from diffusers.hooks import apply_group_offloading
 
 from ..errors import PusaInputError
 from .choose import Placement
+from .layouts import PARALLEL_KINDS
 from .loads import MemoryPlan
 from .models import enable_fp8_storage
 
@@ -61,11 +64,17 @@ def stream_text_encoder(text_encoder: torch.nn.Module, device: torch.device, use
 
 
 def apply_placement(placement: Placement, transformer: torch.nn.Module, text_encoder: torch.nn.Module,
-                    vae: torch.nn.Module, offload_dir: str | Path | None = None) -> StageDevices:
-    """Put loaded (bf16, or any dtype for cpu) components where the placement says."""
+                    vae: torch.nn.Module, offload_dir: str | Path | None = None, rank: int | None = None) -> StageDevices:
+    """Put loaded (bf16, or any dtype for cpu) components where the placement says.
+
+    Under cfg-parallel and sequence-parallel each rank applies its own share: ``rank`` (default:
+    this process's rank in torch.distributed's group) uses the plan's GPU of that index.
+    """
     if placement.simulated:
         raise PusaInputError("gpus", "a plan for simulated GPUs cannot be applied; detect the real ones")
     plan = placement.memory
+    if placement.kind in PARALLEL_KINDS:
+        return _apply_rank(placement, transformer, text_encoder, vae, _rank(placement, rank))
     if placement.kind == "cpu":
         cpu = torch.device("cpu")
         for module in (transformer, text_encoder, vae):
@@ -91,6 +100,38 @@ def apply_placement(placement: Placement, transformer: torch.nn.Module, text_enc
     vae.to(vae_device)
     apply_vae_tiling(vae, plan)
     return StageDevices(text_device, transformer_device, vae_device)
+
+
+def _rank(placement: Placement, rank: int | None) -> int:
+    """This process's rank, which must name one of the placement's GPUs."""
+    ranks = len(placement.gpus)
+    if rank is None:
+        if not torch.distributed.is_initialized():
+            raise PusaInputError("placement", f"{placement.kind!r} runs one process per GPU and this process is not "
+                                              f"one of them; start them with torchrun --nproc-per-node {ranks}")
+        rank = torch.distributed.get_rank()
+    if not 0 <= rank < ranks:
+        raise PusaInputError("placement", f"rank {rank} has no GPU in this {ranks}-GPU {placement.kind} placement")
+    return rank
+
+
+def _apply_rank(placement: Placement, transformer: torch.nn.Module, text_encoder: torch.nn.Module,
+                vae: torch.nn.Module, rank: int) -> StageDevices:
+    """The whole transformer on this rank's GPU; the text encoder and the VAE only on the rank that runs them."""
+    plan = placement.memory
+    own = torch.device(plan.devices[rank].device)
+    if placement.fp8:
+        enable_fp8_storage(transformer)
+    transformer.to(own)
+    text_device, vae_device = torch.device(plan.text_device), torch.device(plan.vae_device)
+    if text_device == own and plan.text_streamed:
+        stream_text_encoder(text_encoder, own)
+    elif text_device == own:
+        text_encoder.to(own)
+    if vae_device == own:
+        vae.to(own)
+        apply_vae_tiling(vae, plan)
+    return StageDevices(text_device, own, vae_device)
 
 
 def apply_vae_tiling(vae: torch.nn.Module, plan: MemoryPlan) -> None:

@@ -4,6 +4,11 @@
   split); the text encoder and the VAE go where there is room.
 - ``single`` / ``cpu``: the whole job on one device (the GPU with the most room, or the host's RAM).
 - ``offload``: the blocks stream from pinned host memory to one GPU, a few at a time.
+- ``cfg-parallel`` / ``sequence-parallel``: one process per GPU, each holding the whole transformer
+  (:mod:`pusa_core.parallel`). cfg-parallel: two guidance groups, each GPU runs one of a step's two
+  passes (with 4 GPUs, 2 groups x 2 sequence ranks); sequence-parallel: every GPU runs 1/N of every
+  pass's tokens. The text encoder and the VAE run on one rank: the first one where they fit, the
+  text encoder streamed layer by layer (so nothing of it stays) when no rank has room for it.
 """
 
 from __future__ import annotations
@@ -20,16 +25,28 @@ from .devices import Gpu, Host
 from .loads import DeviceLoad, MemoryPlan
 from .models import ComponentSizes, MetaModels, module_bytes
 
-KINDS = ("shard", "single", "offload", "cpu")
+PARALLEL_KINDS = ("cfg-parallel", "sequence-parallel")
+KINDS = ("shard", "single", "offload", "cpu") + PARALLEL_KINDS
 # Group offloading keeps the running block, the prefetched next one and the one being released.
 OFFLOAD_RESIDENT_BLOCKS = 3
 STREAMED_TEXT_LAYERS = 2
 
 
+def parallel_degrees(kind: str, ranks: int) -> tuple[int, int]:
+    """``(cfg degree, sequence degree)`` of ``kind`` over ``ranks`` processes; (1, 1) for one-process kinds."""
+    if kind == "cfg-parallel":
+        return 2, ranks // 2
+    if kind == "sequence-parallel":
+        return 1, ranks
+    return 1, 1
+
+
 def lay_out(plan: MemoryPlan, gpus: Sequence[Gpu], models: MetaModels, device_map: Mapping[str, int | str] | None,
             simulated: bool) -> None:
     """Fill ``plan.devices`` (and where the text encoder and VAE go) for ``plan.kind``."""
-    if plan.kind == "shard":
+    if plan.kind in PARALLEL_KINDS:
+        _plan_parallel(plan, gpus)
+    elif plan.kind == "shard":
         _plan_shard(plan, list(gpus), models, device_map, simulated)
     elif plan.kind == "offload":
         _plan_offload(plan, _gpu_load(gpus))
@@ -37,7 +54,8 @@ def lay_out(plan: MemoryPlan, gpus: Sequence[Gpu], models: MetaModels, device_ma
         _plan_whole(plan, _gpu_load(gpus))
     else:
         assert plan.host is not None  # plan_memory reads it for cpu plans
-        _plan_whole(plan, _host_load(plan.host, plan.sizes), ", float32")
+        ranks = plan.cfg_degree * plan.sequence_degree
+        _plan_whole(plan, _host_load(plan.host, plan.sizes, ranks), ", float32" + (f", one of {ranks} processes" if ranks > 1 else ""))
 
 
 def _gpu_load(gpus: Sequence[Gpu]) -> DeviceLoad:
@@ -46,10 +64,11 @@ def _gpu_load(gpus: Sequence[Gpu]) -> DeviceLoad:
     return DeviceLoad(gpu.device, gpu.name, gpu.budget)
 
 
-def _host_load(host: Host, sizes: ComponentSizes) -> DeviceLoad:
+def _host_load(host: Host, sizes: ComponentSizes, ranks: int) -> DeviceLoad:
+    """One process's share of the RAM: ``ranks`` processes on the machine each hold a whole copy."""
     # Weights already loaded are not in ``available`` any more; the plan counts them in its peak.
     loaded = sizes.transformer + sizes.lora + sizes.text_encoder + sizes.vae if host.holds_weights else 0
-    return DeviceLoad("cpu", host.name, host.budget + loaded)
+    return DeviceLoad("cpu", host.name, host.budget // ranks + loaded)
 
 
 @contextmanager
@@ -87,8 +106,9 @@ def _device_of(name: str, device_map: Mapping[str, int | str]) -> int | str | No
     return device_map[max(matches, key=len)] if matches else None
 
 
-def _place_vae(plan: MemoryPlan, loads: list[DeviceLoad]) -> None:
-    """The VAE on the device with the most room for its decode; tiled only when untiled would not fit."""
+def _place_vae(plan: MemoryPlan, loads: list[DeviceLoad], prefer: DeviceLoad | None = None) -> None:
+    """The VAE on the device with the most room for its decode (``prefer`` when it has enough);
+    tiled only when untiled would not fit."""
     acts, vae = plan.activations, plan.sizes.vae
 
     def room(d: DeviceLoad) -> int:
@@ -97,7 +117,7 @@ def _place_vae(plan: MemoryPlan, loads: list[DeviceLoad]) -> None:
     for tiled, need in ((False, acts.vae_decode), (True, acts.vae_decode_tiled)):
         fitting = [d for d in loads if room(d) >= need]
         if fitting:
-            home = max(fitting, key=room)
+            home = prefer if prefer in fitting else max(fitting, key=room)
             break
     else:  # the device's peak check reports the shortfall
         home, tiled, need = max(loads, key=room), True, acts.vae_decode_tiled
@@ -155,17 +175,52 @@ def _plan_shard(plan: MemoryPlan, gpus: list[Gpu], models: MetaModels, device_ma
     if spill.weights:
         plan.problems.append(f"The transformer does not fit on the GPUs: blocks {spill.block_range} are left over.")
     ordered = [loads[g.index] for g in gpus]
+    _place_text(plan, ordered)
+    _place_vae(plan, ordered)
+    plan.devices = ordered + ([spill] if spill.weights else [])
+
+
+def _place_text(plan: MemoryPlan, loads: list[DeviceLoad]) -> None:
+    """The text encoder resident on the GPU with the most spare room (the first of equals), streamed
+    layer by layer when none has room for all of it."""
+    sizes, acts = plan.sizes, plan.activations
 
     def spare(d: DeviceLoad) -> int:
         return d.budget - d.resident - max(d.stages.values(), default=0)
 
-    resident = [d for d in ordered if spare(d) >= sizes.text_encoder + acts.text_encode]
+    resident = [d for d in loads if spare(d) >= sizes.text_encoder + acts.text_encode]
     if resident:
         _text_stage(plan, max(resident, key=spare), streamed=False)
     else:
-        _text_stage(plan, max(ordered, key=spare), streamed=True)
-    _place_vae(plan, ordered)
-    plan.devices = ordered + ([spill] if spill.weights else [])
+        _text_stage(plan, max(loads, key=spare), streamed=True)
+
+
+def _plan_parallel(plan: MemoryPlan, gpus: Sequence[Gpu]) -> None:
+    """One rank per GPU, each with every block; the text encoder and the VAE on one rank."""
+    sizes, acts = plan.sizes, plan.activations
+    denoise = acts.transformer + acts.sampler + (acts.cfg_exchange if plan.cfg_degree > 1 else 0)
+    loads = []
+    for rank, gpu in enumerate(gpus):
+        load = DeviceLoad(gpu.device, gpu.name, gpu.budget)
+        load.blocks = tuple(range(sizes.num_blocks))
+        load.weights = {"transformer": sizes.transformer, "lora": sizes.lora}
+        load.stages["denoise"] = denoise
+        load.notes.append(f"rank {rank}: all {sizes.num_blocks} blocks, {_role(plan, rank)}")
+        loads.append(load)
+    _place_text(plan, loads)
+    text_rank = next(d for d in loads if d.device == plan.text_device)
+    _place_vae(plan, loads, prefer=text_rank)
+    plan.devices = loads
+
+
+def _role(plan: MemoryPlan, rank: int) -> str:
+    """What ``rank`` computes each step: its guidance pass and its share of the tokens."""
+    passes = ("conditional pass", "unconditional pass")
+    group, member = divmod(rank, plan.sequence_degree)
+    tokens = f"tokens {member + 1}/{plan.sequence_degree}" if plan.sequence_degree > 1 else ""
+    if plan.cfg_degree == 1:
+        return f"{tokens} of every pass"
+    return f"{passes[group]}, {tokens}" if tokens else passes[group]
 
 
 def _plan_whole(plan: MemoryPlan, load: DeviceLoad, note: str = "") -> None:

@@ -75,6 +75,8 @@ class MemoryPlan:
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     host: Host | None = None  # the RAM a cpu plan is checked against
+    cfg_degree: int = 1  # guidance groups: 2 under cfg-parallel, each rank runs one of a step's passes
+    sequence_degree: int = 1  # ranks sharing every pass's tokens (sequence-parallel, or within a cfg group)
 
     @property
     def verdict(self) -> str:

@@ -15,34 +15,35 @@ from ..errors import PusaInputError
 from ..facts import TEMPORAL_COMPRESSION
 from .activations import JobSize, estimate_activations
 from .devices import Gpu, Host, detect_host, gib
-from .layouts import KINDS, lay_out
+from .layouts import KINDS, PARALLEL_KINDS, lay_out, parallel_degrees
 from .loads import DeviceLoad, MemoryPlan
 from .models import PlanOptions, meta_models
 
 
 def plan_memory(kind: str, gpus: Sequence[Gpu], job: JobSize, options: PlanOptions | None = None,
                 device_map: Mapping[str, int | str] | None = None, simulated: bool = False,
-                suggest: bool = True, host: Host | None = None) -> MemoryPlan:
+                suggest: bool = True, host: Host | None = None, degrees: tuple[int, int] | None = None) -> MemoryPlan:
     """Predict per-device memory for ``job`` under placement ``kind`` and give a verdict.
 
     ``device_map`` fixes the shard split (the one already applied); without it the split is
     planned here. With ``suggest`` a refused plan carries the changes that would fit. ``host`` is
     the RAM a ``cpu`` plan must fit in; without it this machine's available RAM is read now.
+    For cfg-parallel and sequence-parallel, ``gpus`` are the ranks' GPUs, one per rank. ``degrees``
+    (cfg, sequence) is for ``cpu`` only: several processes on the CPU share each job and its RAM.
     """
     options = options or PlanOptions()
     if kind == "cpu" and options.weights != "fp32":
         options = replace(options, weights="fp32", vae_dtype="fp32")
-    models = meta_models(options)
-    acts = estimate_activations(job, options, models)
-    if kind not in KINDS:
-        raise PusaInputError("placement", f"{kind!r} is not one of {', '.join(KINDS)}")
-    if kind != "cpu" and not gpus:
-        raise PusaInputError("placement", f"{kind!r} needs a CUDA GPU and none is visible; use 'cpu'")
-    if kind == "shard" and len(gpus) < 2:
-        raise PusaInputError("placement", "'shard' needs two or more GPUs; use 'single' or 'offload' on one")
+    _check_kind(kind, len(gpus))
     if kind == "cpu" and host is None:
         host = detect_host()
-    plan = MemoryPlan(kind, job, options, [], models.sizes, acts, host=host)
+    if degrees is not None and kind != "cpu":
+        raise ValueError(f"degrees are given for cpu plans only; {kind!r} has them from its GPUs")
+    cfg_degree, sequence_degree = degrees or parallel_degrees(kind, len(gpus))
+    models = meta_models(options)
+    acts = estimate_activations(job, options, models, sequence_degree)
+    plan = MemoryPlan(kind, job, options, [], models.sizes, acts, host=host, cfg_degree=cfg_degree,
+                      sequence_degree=sequence_degree)
     lay_out(plan, gpus, models, device_map, simulated)
     for dev in plan.devices:
         if not dev.fits:
@@ -50,6 +51,21 @@ def plan_memory(kind: str, gpus: Sequence[Gpu], job: JobSize, options: PlanOptio
     if plan.problems and suggest:
         plan.suggestions = suggest_changes(plan, gpus, simulated)
     return plan
+
+
+def _check_kind(kind: str, gpus: int) -> None:
+    if kind not in KINDS:
+        raise PusaInputError("placement", f"{kind!r} is not one of {', '.join(KINDS)}")
+    if kind != "cpu" and not gpus:
+        raise PusaInputError("placement", f"{kind!r} needs a CUDA GPU and none is visible; use 'cpu'")
+    if kind == "shard" and gpus < 2:
+        raise PusaInputError("placement", "'shard' needs two or more GPUs; use 'single' or 'offload' on one")
+    if kind in PARALLEL_KINDS and gpus < 2:
+        raise PusaInputError("placement", f"{kind!r} runs one process on each of two or more GPUs; "
+                                          "use 'single' or 'offload' on one")
+    if kind == "cfg-parallel" and gpus % 2:
+        raise PusaInputError("placement", f"'cfg-parallel' splits the GPUs into two guidance groups of equal size, "
+                                          f"so it needs an even number of them, not {gpus}; use 'sequence-parallel'")
 
 
 def _shortfall(dev: DeviceLoad, host: Host | None) -> str:
@@ -67,8 +83,11 @@ def suggest_changes(plan: MemoryPlan, gpus: Sequence[Gpu], simulated: bool = Fal
     job, options, kind = plan.job, plan.options, plan.kind
     out: list[str] = []
 
+    degrees = (plan.cfg_degree, plan.sequence_degree)
+
     def fits(k: str, j: JobSize, o: PlanOptions) -> MemoryPlan | None:
-        p = plan_memory(k, gpus, j, o, simulated=simulated, suggest=False, host=plan.host)
+        p = plan_memory(k, gpus, j, o, simulated=simulated, suggest=False, host=plan.host,
+                        degrees=degrees if k == "cpu" else None)
         return p if p.verdict == "ok" else None
 
     def peak(p: MemoryPlan) -> str:
@@ -77,6 +96,11 @@ def suggest_changes(plan: MemoryPlan, gpus: Sequence[Gpu], simulated: bool = Fal
     fp8 = replace(options, weights="fp8")
     if kind != "cpu" and options.weights == "bf16" and (p := fits(kind, job, fp8)):
         out.append(f"fp8 weights (--fp8), {peak(p)}")
+    if kind == "cfg-parallel":  # 1/N of the activations per GPU
+        for o, flag in ((options, "--placement sequence-parallel"), (fp8, "--placement sequence-parallel --fp8")):
+            if o.weights != "fp32" and (p := fits("sequence-parallel", job, o)):
+                out.append(f"sequence-parallel ({flag}), {peak(p)}")
+                break
     if kind in ("shard", "single"):
         for o, flag in ((options, "--placement offload"), (fp8, "--placement offload --fp8")):
             if o.weights != "fp32" and (p := fits("offload", job, o)):

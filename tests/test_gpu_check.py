@@ -1,0 +1,46 @@
+"""benchmarks/gpu_check.py without a GPU: its message and exit status, and its code paths on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pusa_core.tiny_models import TINY_TRANSFORMER
+from tests.support.processes import ROOT, python_env
+
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")
+def test_without_a_gpu_it_says_so_and_exits_1():
+    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=python_env(), timeout=120)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip() == (
+        "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False). It needs one GPU with 80 GB or "
+        "more, or two or more under torchrun; `--device cpu --config SMALL.json` runs its code paths on the CPU instead.")
+
+
+def test_its_code_paths_run_on_the_cpu_with_a_small_config(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_TRANSFORMER))
+    argv = ["--device", "cpu", "--config", str(config), "--size", "64x64", "--frames", "9", "--lora-rank", "4",
+            "--repeats", "1"]
+    assert gpu_check.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("CPU, 80 GiB; tiny.json, LoRA rank 4; 64x64, 9 frames (48 tokens); torch ")
+    assert out[2:4] == ["| timesteps | s / pass | s / step (cfg 5) | TFLOP/s |", "|---|---|---|---|"]
+    assert out[4].startswith("| scalar [1] | ") and out[5].startswith("| per-frame [1, 3] | ")
+    assert out[4].endswith("| - (not the 14B) |")
+    model = gpu_check.build(gpu_check.read_config(config), torch.device("cpu"), 4)
+    assert model.blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32  # kept fp32, as loaded
+    assert torch.isfinite(model.rope.freqs_cos).all() and model.rope.freqs_cos.abs().max() <= 1
+    assert 0.015 < model.blocks[0].ffn.net[2].base_layer.weight.float().std() < 0.025
