@@ -1,0 +1,81 @@
+"""The examples each tab offers, chosen for the loaded model.
+
+The 14B gets the pictures in ``examples/`` (a sunset, a rolling ball, a moving square). A small model
+knows only the clips it was trained on, so it gets its own captions (``example_prompts`` in its
+``defaults.json``) with start frames, end frames and clips drawn for them by the training data
+generator, written at start into a folder of the system's temp directory (which gradio may serve).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pusa_core.engine import Engine
+from pusa_core.training.examples import known_words, write_examples
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+BIG_T2V_PROMPTS = (
+    "a red ball bounces on a green field under a blue sky",
+    "a cat walks slowly across a sunny room",
+)
+
+
+@dataclass(frozen=True)
+class ExampleSet:
+    """Inputs for every tab's examples; each tab adds its own positions and multipliers."""
+
+    stills: tuple[tuple[str, str], ...]  # (image, prompt) for Image-to-Video
+    keyframes: tuple[tuple[str, str, str], ...]  # (start image, end image, prompt) for Multi-Frames
+    clips: tuple[tuple[str, str], ...]  # (video, prompt) for Video-to-Video
+    prompts: tuple[str, ...]  # Text-to-Video
+    small: bool = False  # drawn for a small model: its own multipliers and positions apply
+
+    @property
+    def labels(self) -> list[str]:
+        """Short labels for a small model's rows: its captions are the whole story."""
+        return list(self.prompts)
+
+
+def big_examples(folder: Path = EXAMPLES_DIR) -> ExampleSet:
+    """The 14B's examples, from the pictures shipped in ``folder``."""
+    return ExampleSet(
+        stills=((str(folder / "sunset.png"), "the sun sets slowly over the sea, gentle waves"),),
+        keyframes=((str(folder / "ball_start.png"), str(folder / "ball_end.png"),
+                    "a red ball rolls across the green grass from left to right"),),
+        clips=((str(folder / "square.mp4"), "a blue square moves across a white background"),),
+        prompts=BIG_T2V_PROMPTS,
+    )
+
+
+def small_examples(prompts: tuple[str, ...], fps: float, folder: Path | None = None) -> ExampleSet:
+    """A small model's examples: every prompt with the frames and clip it describes."""
+    where = folder if folder is not None else Path(tempfile.mkdtemp(prefix="pusa-small-examples-"))
+    media = write_examples(where, prompts, fps)
+    return ExampleSet(
+        stills=tuple((str(m.start), m.prompt) for m in media),
+        keyframes=tuple((str(m.start), str(m.end), m.prompt) for m in media),
+        clips=tuple((str(m.clip), m.prompt) for m in media),
+        prompts=tuple(prompts),
+        small=True,
+    )
+
+
+def examples_for(engine: Engine, folder: Path = EXAMPLES_DIR) -> ExampleSet:
+    """The examples that fit ``engine``'s model: its own prompts when it ships some, else the 14B's."""
+    prompts = engine.example_prompts()
+    if engine.status().is_small and prompts:
+        return small_examples(prompts, engine.defaults().fps)
+    return big_examples(folder)
+
+
+def words_markdown() -> str:
+    """What the small model can read, for the page's header accordion."""
+    words = known_words()
+    lines = [f"- **{what}**: {', '.join(items)}" for what, items in words.items()]
+    return (
+        "**The words the small model knows.** It was trained only on captions of one shape moving on a background, "
+        "like *a red circle moves right on a blue background* or *a yellow square moves down and bounces back on a "
+        "striped gray background*; other words mean nothing to it.\n\n" + "\n".join(lines)
+    )
