@@ -205,7 +205,7 @@ def shared_controls(task: str, defaults: Settings, fast_problem: str | None = No
             facts.LORA_ALPHA, defaults.lora_alpha, "LoRA alpha",
             f"{ALPHA_HELP} ({default_note(defaults.lora_alpha, facts.DEFAULT_ALPHA, small)})", elem_id=f"{task}-alpha",
         )
-    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False):
+    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False, elem_id=f"{task}-settings"):
         with gr.Row():
             size = gr.Dropdown(
                 size_choices(defaults),
@@ -235,8 +235,13 @@ def shared_controls(task: str, defaults: Settings, fast_problem: str | None = No
                 facts.CFG, defaults.cfg, "Guidance (CFG)",
                 f"{CFG_HELP} ({default_note(defaults.cfg, facts.DEFAULT_CFG, small, defaults.preset)})", elem_id=f"{task}-cfg",
             )
-            seed = EngineCheckedNumber(value=0, precision=0, label="Seed", info="Used when 'Random seed' is off")
-            randomize_seed = gr.Checkbox(value=True, label="Random seed", info="The seed used is shown with the video and saved")
+            seed = EngineCheckedNumber(
+                value=0, precision=0, label="Seed", info="Used when 'Random seed' is off", elem_id=f"{task}-seed"
+            )
+            randomize_seed = gr.Checkbox(
+                value=True, label="Random seed", info="The seed used is shown with the video and saved",
+                elem_id=f"{task}-random-seed",
+            )
         negative_prompt = gr.Textbox(
             label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, max_lines=6, max_length=facts.MAX_PROMPT_CHARS
         )
