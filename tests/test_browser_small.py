@@ -137,3 +137,18 @@ def test_positions_in_pixel_frames_are_converted_and_shown(page) -> None:
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+
+def test_cancel_turns_grey_again_once_the_job_has_stopped(page) -> None:
+    expect = sync_api.expect
+    page.get_by_role("tab", name=TABS["t2v"]).click()
+    steps = page.locator("#t2v-steps input[type=number]")
+    steps.fill("100")  # long enough to press Cancel while it runs
+    steps.press("Enter")
+    page.locator("#t2v-generate").click()
+    cancel = page.locator("#t2v-cancel")
+    expect(cancel).to_be_enabled()
+    cancel.click()
+    expect(page.locator("#t2v-message")).to_contain_text("Cancelled")
+    expect(cancel).to_be_disabled()
+    expect(page.locator("#t2v-generate")).to_be_enabled()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client.exceptions import AppError
 
 from pusa_core.engine import Engine, EngineStatus
 from pusa_core.errors import PusaInputError
 from pusa_core.media import read_video
 from pusa_core.position_units import conversion_lines, to_latent_slots
+from pusa_core.requests import Settings, TextToVideo
 from pusa_core.tiny_models import random_tiny_components
 from pusa_core.training.data import EXAMPLE_PROMPTS, OBJECT_COLOURS
 from pusa_core.training.examples import known_words, spec_from_caption, write_examples
@@ -18,9 +22,11 @@ from pusa_core.training.tracking import track
 from pusa_core.weights import resolve_model_source
 from ui.blocks import status_line
 from ui.examples import EXAMPLES_DIR, examples_for
+from ui.runner import Runner
 from ui.schedule_plot import schedule_html
 from ui.widgets import default_note
 from tests.support.processes import ROOT
+from tests.support.server import SMALL, served, task_inputs
 
 
 @pytest.mark.parametrize(("text", "unit", "frames", "fps", "slots"), [
@@ -128,3 +134,29 @@ def test_the_schedule_has_a_legend_and_three_axes() -> None:
     assert html.count("<rect") == 5
     # Under slot 4: its first pixel frame (13) and start (13 / 8 fps = 1.6 s).
     assert ">13</text>" in html and ">1.6</text>" in html
+
+
+def test_the_api_takes_positions_in_pixel_frames_and_saves_latent_slots(tmp_path: Path) -> None:
+    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
+    with served(engine, tmp_path) as server:
+        inputs = {**task_inputs("multiframe"), "positions": "0,8", "position_unit": "frame"}
+        _, settings_file, _, message = server.client.predict(**inputs, **SMALL, api_name="/multiframe")
+        assert json.loads(Path(settings_file).read_text())["positions"] == [0, 2]  # 9 frames: frame 8 is in slot 2
+        with pytest.raises(AppError, match=r"^Positions: frame 1 and frame 4 both fall in latent slot 1"):
+            server.client.predict(**{**inputs, "positions": "1,4"}, **SMALL, api_name="/multiframe")
+
+
+def test_cancel_reaches_a_page_job_still_waiting_in_the_queue(tmp_path: Path) -> None:
+    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
+    assert engine.wait_ready(120).state == "ready"
+    runner = Runner(engine)
+    build = lambda: TextToVideo(settings=Settings(prompt="a red ball", width=64, height=64, num_frames=9, steps=2))  # noqa: E731
+    runner.waiting("page")  # Generate pressed; another user's job still runs
+    assert runner.cancel("page") == "Cancelling: your job is still waiting in the queue, and will not run."
+    assert asyncio.run(runner.generate(build, "page")) == (None, None, None, "Cancelled before it started. Nothing was run or saved.")
+    assert list(tmp_path.glob("*.mp4")) == []
+    runner.waiting("page")  # the next Generate runs as usual
+    video, _, _, message = asyncio.run(runner.generate(build, "page"))
+    assert message.startswith("Done in") and Path(video).is_file()
+    runner.settled("page")
+    assert runner.cancel("page") == "Nothing of yours is running, so there is nothing to cancel."

@@ -164,10 +164,13 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     watch = gr.Timer(PREVIEW_SECONDS, active=False)
 
     def start(show: bool, request: gr.Request) -> list[Any]:
-        runner.want_preview(request.session_hash if request else None, bool(show))
+        session = request.session_hash if request else None
+        runner.want_preview(session, bool(show))
+        runner.waiting(session)
         return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show))]
 
-    def finish() -> list[Any]:
+    def finish(request: gr.Request) -> list[Any]:
+        runner.settled(request.session_hash if request else None)
         return [*idle, gr.Timer(active=False), gr.update(visible=False)]
 
     toggles = [generate, cancel, watch, panel.preview]
