@@ -32,11 +32,6 @@ class ExampleSet:
     prompts: tuple[str, ...]  # Text-to-Video
     small: bool = False  # drawn for a small model: its own multipliers and positions apply
 
-    @property
-    def labels(self) -> list[str]:
-        """Short labels for a small model's rows: its captions are the whole story."""
-        return list(self.prompts)
-
 
 def big_examples(folder: Path = EXAMPLES_DIR) -> ExampleSet:
     """The 14B's examples, from the pictures shipped in ``folder``."""
