@@ -3,17 +3,19 @@
 The 14B gets the pictures in ``examples/`` (a sunset, a rolling ball, a moving square). A small model
 knows only the clips it was trained on, so it gets its own captions (``example_prompts`` in its
 ``defaults.json``) with start frames, end frames and clips drawn for them by the training data
-generator, written at start into a folder of the system's temp directory (which gradio may serve).
+generator, written once per process into a private folder of the system's temp directory (which
+gradio may serve), removed when the process ends.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pusa_core.engine import Engine
-from pusa_core.training.examples import known_words, write_examples
+from pusa_core.training.examples import ExampleMedia, known_words, write_examples
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 BIG_T2V_PROMPTS = (
@@ -44,10 +46,16 @@ def big_examples(folder: Path = EXAMPLES_DIR) -> ExampleSet:
     )
 
 
-def small_examples(prompts: tuple[str, ...], fps: float, folder: Path | None = None) -> ExampleSet:
+@lru_cache(maxsize=4)
+def _drawn(prompts: tuple[str, ...], fps: float) -> tuple[tempfile.TemporaryDirectory, list[ExampleMedia]]:
+    """One folder per process and set of captions (every page built reuses it), deleted at exit with its holder."""
+    folder = tempfile.TemporaryDirectory(prefix="pusa-small-examples-")
+    return folder, write_examples(Path(folder.name), prompts, fps)
+
+
+def small_examples(prompts: tuple[str, ...], fps: float) -> ExampleSet:
     """A small model's examples: every prompt with the frames and clip it describes."""
-    where = folder if folder is not None else Path(tempfile.mkdtemp(prefix="pusa-small-examples-"))
-    media = write_examples(where, prompts, fps)
+    media = _drawn(tuple(prompts), float(fps))[1]
     return ExampleSet(
         stills=tuple((str(m.start), m.prompt) for m in media),
         keyframes=tuple((str(m.start), str(m.end), m.prompt) for m in media),

@@ -104,8 +104,8 @@ def write_examples(folder: Path, prompts: list[str] | tuple[str, ...], fps: floa
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for index, text in enumerate(prompts):
-        pixels = example_frames(text, frames, size)
         start, end, clip = folder / f"small_{index}_start.png", folder / f"small_{index}_end.png", folder / f"small_{index}.mp4"
+        pixels = example_frames(text, frames, size)
         cv2.imwrite(str(start), cv2.cvtColor(pixels[0], cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(end), cv2.cvtColor(pixels[-1], cv2.COLOR_RGB2BGR))
         write_mp4(pixels, clip, fps)
