@@ -8,6 +8,7 @@ README's screenshot (``docs/screenshot.png``) of the Multi-Frames tab after its 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 import app as app_module
 from pusa_core.media import read_video
+from pusa_core.training.data import EXAMPLE_PROMPTS
 from pusa_core.training.examples import spec_from_caption
 from pusa_core.training.tracking import track
 from tests.support.browser import CHROMIUM, TABS, TIMEOUT_MS, browser_page
@@ -36,7 +38,9 @@ FOUND_SHARE = 0.9  # of frames where the tracker must find the caption's object
 @pytest.fixture(scope="module")
 def small_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     output_dir = tmp_path_factory.mktemp("outputs")
-    args = app_module.parse_args(["--model", "pusa-tiny", "--weights-dir", str(ROOT / "weights"), "--output-dir", str(output_dir)])
+    # Relative, as a user types it: the page (and the README's screenshot) shows it in the fetch commands.
+    weights = os.path.relpath(ROOT / "weights")
+    args = app_module.parse_args(["--model", "pusa-tiny", "--weights-dir", weights, "--output-dir", str(output_dir)])
     engine, notice = app_module.make_engine(args)
     assert engine.wait_ready(120).state == "ready"
     demo, url = serve(engine, output_dir, notice=notice)
@@ -78,6 +82,8 @@ def test_the_header_is_one_line_and_names_the_model_once(page) -> None:
     words = page.locator("#known-words")
     for word in ("circle", "triangle", "checkered", "bounces back", "purple"):
         expect(words).to_contain_text(word)
+    page.locator("#about").get_by_text("About pusa-tiny").click()  # folded again, as a newcomer finds it
+    expect(words).to_be_hidden()
 
 
 def test_cancel_is_off_until_a_job_runs_and_after_a_refused_one(page) -> None:
@@ -100,9 +106,11 @@ def test_each_tabs_first_example_makes_a_video_with_its_object(page, small_app: 
     prompt = page.locator(f"#{task}-prompt textarea")
     expect(prompt).to_have_value(re.compile(r"^a \w+ \w+ moves"))
     caption = prompt.input_value()
-    page.locator(f"#{task}-settings").get_by_text("Settings: size").click()
+    settings = page.locator(f"#{task}-settings").get_by_text("Settings: size")
+    settings.click()
     page.locator(f"#{task}-random-seed input").uncheck()
     page.locator(f"#{task}-seed input").fill(str(SEED))
+    settings.click()
     page.locator(f"#{task}-generate").click()
     expect(page.locator(f"#{task}-cancel")).to_be_enabled()
     message = page.locator(f"#{task}-message")
@@ -129,9 +137,6 @@ def test_positions_in_pixel_frames_are_converted_and_shown(page) -> None:
     page.locator("#multiframe-positions textarea").fill("0,16")
     expect(note).to_contain_text("frame 16 → latent slot 4")
     expect(page.locator("#multiframe-schedule")).to_contain_text("generated from noise")
-    # Fold the header and the settings back for the picture.
-    page.locator("#about").get_by_text("About pusa-tiny").click()
-    page.locator("#multiframe-settings").get_by_text("Settings: size").click()
     shot = ROOT / "test-artifacts" / "small-model.png"
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
@@ -142,6 +147,7 @@ def test_positions_in_pixel_frames_are_converted_and_shown(page) -> None:
 def test_cancel_turns_grey_again_once_the_job_has_stopped(page) -> None:
     expect = sync_api.expect
     page.get_by_role("tab", name=TABS["t2v"]).click()
+    page.locator("#t2v-prompt textarea").fill(EXAMPLE_PROMPTS[0])
     steps = page.locator("#t2v-steps input[type=number]")
     steps.fill("100")  # long enough to press Cancel while it runs
     steps.press("Enter")

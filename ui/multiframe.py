@@ -49,7 +49,7 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -
         elem_id="multiframe-images",
     )
     strip = gr.Gallery(
-        label="Keyframes in order, with the latent slot each goes to", columns=6, rows=1, height=130,
+        label="Keyframes in order, with the latent slot each goes to", columns=5, height=150, fit_columns=False,
         object_fit="contain", allow_preview=False, interactive=False, elem_id="multiframe-keyframes",
     )
     prompt = prompt_box("multiframe", f"What happens between the frames, e.g. '{examples.keyframes[0][2]}'")
