@@ -20,22 +20,31 @@ import torch
 from . import facts
 from .adapters import LoraCatalog, LoraStack, attach_loras, merge_blocker
 from .conditioning import plan_request
+from .continuation import JoinedVideo, check_continuation, write_joined
 from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
 from .job import GenerationResult, JobRunner, Progress, ProgressCallback
 from .loading import PusaComponents, load_components, source_defaults
 from .outputs import OutputFolder, Retention
 from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
-from .requests import Request, Settings, preset_settings
+from .requests import Request, Settings, VideoToVideo, preset_settings
 from .speed import apply_speed_options, check_attention_backend
 from .weights import ModelSource
 
-__all__ = ["Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
+__all__ = ["ContinuationResult", "Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
 
 
 def _architecture(config: Any) -> dict[str, Any]:
     """A model config without diffusers' bookkeeping keys (``_name_or_path`` may be a Path)."""
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class ContinuationResult:
+    """A continued video: the new part (its own output) and the original joined to it."""
+
+    part: GenerationResult
+    joined: JoinedVideo
 
 
 class OutOfMemory(RuntimeError):
@@ -251,3 +260,18 @@ class Engine:
                     f"out of GPU memory at {s.width}x{s.height}, {s.num_frames} frames: lower the size "
                     "(e.g. 832x480), the frame count, or use --placement offload; the app is ready for the next job"
                 ) from None
+
+    def continue_video(
+        self, request: VideoToVideo, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+        preview: bool = False,
+    ) -> ContinuationResult:
+        """Continue ``request.video``: generate from its last frames, then write it joined to the new part.
+
+        ``request`` must take the video's last frames and leave the new part at least one frame of its own;
+        the joined video has ``original + new - overlap`` frames (see :mod:`pusa_core.continuation`).
+        """
+        plan_request(request)
+        check_continuation(request.frames_from, request.positions, request.settings.num_frames)
+        part = self.generate(request, progress, cancel, preview)
+        joined = write_joined(self.outputs, Path(request.video), part.video_path, part.settings)
+        return ContinuationResult(part, joined)
