@@ -9,6 +9,7 @@ original whole and drops them from the new part: ``joined = original + new - ove
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,18 @@ def plan_continuation(
     return ContinuationPlan(positions, tuple(float(m) for m in multipliers[:slots]), overlap_frames(positions))
 
 
+def plan_for_video(
+    video: Path, fps: float, new_frames: int, multipliers: Sequence[float] = CONTINUE_MULTIPLIERS, field: str = OUTPUT_FIELD
+) -> ContinuationPlan:
+    """:func:`plan_continuation` for the file ``video`` read at ``fps``; decodes only the frames the plan could use."""
+    stream, _ = iter_video(video, field, fps=fps)
+    try:
+        count = sum(1 for _ in itertools.islice(stream, overlap_frames(range(len(multipliers)))))
+    finally:
+        stream.close()
+    return plan_continuation(count, new_frames, multipliers)
+
+
 def check_adds_frames(positions: Sequence[int], new_frames: int) -> int:
     """The overlap of a continuation with these ``positions``; refused when the new part would add no frame."""
     overlap = overlap_frames(positions)
@@ -104,6 +117,7 @@ class JoinedVideo:
     original_frames: int
     new_frames: int
     overlap: int
+    fps: int
 
 
 def _record(path: Path) -> dict[str, str]:
@@ -146,7 +160,7 @@ def write_joined(
     settings_path = path.with_suffix(".json")
     settings_path.write_text(json.dumps(joined, indent=2))
     outputs.prune()
-    return JoinedVideo(path, settings_path, total, written[0], len(new_part), overlap)
+    return JoinedVideo(path, settings_path, total, written[0], len(new_part), overlap, fps)
 
 
 def find_output(outputs: OutputFolder, name: object) -> Path:

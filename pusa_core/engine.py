@@ -8,6 +8,7 @@ is even loaded, so a bad request is answered at once.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -273,5 +274,9 @@ class Engine:
         plan_request(request)
         check_continuation(request.frames_from, request.positions, request.settings.num_frames)
         part = self.generate(request, progress, cancel, preview)
-        joined = write_joined(self.outputs, Path(request.video), part.video_path, part.settings)
-        return ContinuationResult(part, joined)
+        return ContinuationResult(part, self.join(Path(request.video), part.video_path))
+
+    def join(self, original: Path, part_video: Path) -> JoinedVideo:
+        """Write ``original`` joined to ``part_video``, a continuation of it in the output folder (its settings
+        JSON beside it says which frames repeat the original)."""
+        return write_joined(self.outputs, original, part_video, json.loads(part_video.with_suffix(".json").read_text()))

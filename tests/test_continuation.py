@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
 
 from pusa_core.continuation import (
     CONTINUE_MULTIPLIERS,
@@ -22,6 +24,7 @@ from pusa_core.errors import PusaInputError
 from pusa_core.media import read_settings, read_video, resampled_count, resampled_index, video_info, write_mp4
 from pusa_core.outputs import OutputFolder, sha256_file
 from pusa_core.requests import Settings, TextToVideo, VideoToVideo
+from tests.support.server import SMALL, task_inputs
 
 
 def numbered_clip(count: int, size: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -208,3 +211,59 @@ def test_v2v_takes_first_or_last_frames_and_resamples_a_faster_clip(tiny_engine,
 
     assert dist(first, expected_first) < dist(first, expected_last) / 3
     assert dist(last, expected_last) < dist(last, expected_first) / 3
+
+
+# -- through the served app -------------------------------------------------------------------------
+def test_continue_api_by_output_name_chains_and_joins(server) -> None:
+    video, _, _, _ = server.client.predict(**task_inputs("t2v"), **SMALL, seed=7, randomize_seed=False, api_name="/t2v")
+    name = Path(video).name
+    joined, part, settings_file, seed, message = server.client.predict(
+        output=name, prompt="a red ball bounces on", **SMALL, seed=8, randomize_seed=False, api_name="/continue"
+    )
+    assert seed == 8 and Path(part).name.startswith("v2v_") and Path(joined).name.startswith("continue_")
+    assert video_info(part) == (9, 96, 64)
+    assert video_info(joined) == (9 + 9 - 5, 96, 64)
+    saved = json.loads(Path(settings_file).read_text())
+    assert saved["frames_from"] == "last" and saved["positions"] == [0, 1] and saved["multipliers"] == [0.0, 0.3]
+    assert saved["joined"]["original"]["name"] == name and saved["joined"]["continuation"]["name"] == Path(part).name
+    assert saved["joined"]["frames"] == 13 and "Joined:" in message and "13 frames" in message
+    assert (server.output_dir / Path(joined).name).is_file()
+    # Minutes of video are this, repeated: each call adds the new part's frames less the overlap.
+    longer, *_ = server.client.predict(output=Path(joined).name, prompt="a red ball bounces on", **SMALL, api_name="/continue")
+    assert video_info(longer)[0] == 13 + 9 - 5
+
+
+def test_continue_api_takes_an_upload_at_another_fps(server, tmp_path) -> None:
+    clip = write_mp4(numbered_clip(30, (96, 64)), tmp_path / "phone.mp4", 30)  # 1 s at 30 fps
+    joined, part, _, _, message = server.client.predict(
+        video=handle_file(clip), prompt="a blue square moves", **SMALL, fps=8, api_name="/continue"
+    )
+    assert "Input was 30 fps, resampled to 8 fps" in message
+    assert video_info(joined)[0] == 8 + 9 - 5  # the upload at 8 fps is 8 frames
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        ({"output": "../secret.mp4"}, "Output: '../secret.mp4' is not a bare file name"),
+        ({"output": "/etc/passwd"}, "Output: '/etc/passwd' is not a bare file name"),
+        ({"output": "nothing_here.mp4"}, "Output: 'nothing_here.mp4' is not a video in the output folder"),
+        ({"output": ""}, "Output is empty; give the file name of a video this app made, or upload a video"),
+        ({"output": "x.mp4", "video": "clip"}, "Output is given and so is video; give the name of an output, or upload a video, not both"),
+        ({"output": "", "video": "clip", "positions": "0,1,2", "multipliers": "0,0,0"}, "Positions: cover all 9 frames"),
+    ],
+)
+def test_continue_api_refusals(server, tmp_path, inputs, says) -> None:
+    if inputs.get("video") == "clip":
+        inputs = {**inputs, "video": handle_file(write_mp4(numbered_clip(9, (96, 64)), tmp_path / "clip.mp4", 8))}
+    with pytest.raises(AppError) as caught:
+        server.client.predict(**inputs, prompt="a red ball", **SMALL, api_name="/continue")
+    assert says in str(caught.value)
+
+
+def test_v2v_api_takes_last_frames_and_names_a_bad_choice(server) -> None:
+    video, settings_file, _, _ = server.client.predict(**task_inputs("v2v"), **SMALL, frames_from="last", api_name="/v2v")
+    assert json.loads(Path(settings_file).read_text())["frames_from"] == "last"
+    with pytest.raises(AppError) as caught:
+        server.client.predict(**task_inputs("v2v"), **SMALL, frames_from="middle", api_name="/v2v")
+    assert "Take the frames from must be one of 'first', 'last', got 'middle'" in str(caught.value)

@@ -20,7 +20,7 @@ from pusa_core.requests import Request, Settings
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
 from ui.schedule_plot import schedule_html
-from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
+from ui.widgets import SHARED_NAMES, OutputPanel, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
 PREVIEW_SECONDS = 0.5  # how often the page fetches the latest step preview while a job runs
 # What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
@@ -49,6 +49,7 @@ class TaskSpec:
     schedule: Callable[[dict[str, Any]], SchedulePlan]
     schedule_names: tuple[str, ...] = ()  # task inputs the picture depends on (frames and fps always)
     saved_values: Callable[[dict[str, Any], Callable[[Any], Path | None]], dict[str, Any]] = lambda data, find: {}
+    results: Callable[[], Any] | None = None  # more of the result column, made under the output panel
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class TabForm:
     components: tuple[gr.components.Component, ...]
     controls: SharedControls
     noise_multiplier: gr.components.Component | None
+    panel: OutputPanel
+    job: Any  # the Generate job's event, for steps that follow a finished job
+    results: Any = None  # what ``spec.results`` made
+
+    def component(self, name: str) -> gr.components.Component:
+        return self.components[self.names.index(name)]
 
     @property
     def task(self) -> str:
@@ -141,6 +148,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
         with gr.Column():
             panel = output_panel(spec.task)
+            results = spec.results() if spec.results is not None else None
 
     shared = dict(zip(SHARED_NAMES, controls.inputs()))
     names = (*own.components, *SHARED_NAMES)
@@ -191,4 +199,4 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     for trigger in schedule_inputs:
         trigger.change(draw, schedule_inputs, schedule, queue=False, api_visibility="private")
     noise = own.components.get("noise_multiplier")
-    return TabForm(spec, names, components, controls, noise)
+    return TabForm(spec, names, components, controls, noise, panel, job, results)
