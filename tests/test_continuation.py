@@ -267,3 +267,14 @@ def test_v2v_api_takes_last_frames_and_names_a_bad_choice(server) -> None:
     with pytest.raises(AppError) as caught:
         server.client.predict(**task_inputs("v2v"), **SMALL, frames_from="middle", api_name="/v2v")
     assert "Take the frames from must be one of 'first', 'last', got 'middle'" in str(caught.value)
+
+
+def test_scripts_choose_first_or_last_frames_too(tmp_path) -> None:
+    from pusa_core.generate import request_from
+
+    clip = write_mp4(numbered_clip(9), tmp_path / "clip.mp4", 8)
+    base = {"task": "v2v", "video": str(clip), "positions": "0,1", "multipliers": "0,0.3"}
+    assert request_from(base, Settings(num_frames=9), 0.2).frames_from == "first"
+    assert request_from({**base, "frames_from": "last"}, Settings(num_frames=9), 0.2).frames_from == "last"
+    with pytest.raises(PusaInputError, match="frames_from: must be one of 'first', 'last', got 'end'"):
+        request_from({**base, "frames_from": "end"}, Settings(num_frames=9), 0.2)
