@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from urllib.parse import urljoin
 
-import pytest
 
 from pusa_core.media import video_info
 # The browser test's server and page fixtures (a module of its own: one fresh app and browser).

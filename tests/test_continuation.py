@@ -21,6 +21,7 @@ from pusa_core.continuation import (
     write_joined,
 )
 from pusa_core.errors import PusaInputError
+from pusa_core.generate import request_from
 from pusa_core.media import read_settings, read_video, resampled_count, resampled_index, video_info, write_mp4
 from pusa_core.outputs import OutputFolder, sha256_file
 from pusa_core.requests import Settings, TextToVideo, VideoToVideo
@@ -270,8 +271,6 @@ def test_v2v_api_takes_last_frames_and_names_a_bad_choice(server) -> None:
 
 
 def test_scripts_choose_first_or_last_frames_too(tmp_path) -> None:
-    from pusa_core.generate import request_from
-
     clip = write_mp4(numbered_clip(9), tmp_path / "clip.mp4", 8)
     base = {"task": "v2v", "video": str(clip), "positions": "0,1", "multipliers": "0,0.3"}
     assert request_from(base, Settings(num_frames=9), 0.2).frames_from == "first"
