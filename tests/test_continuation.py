@@ -277,3 +277,22 @@ def test_scripts_choose_first_or_last_frames_too(tmp_path) -> None:
     assert request_from({**base, "frames_from": "last"}, Settings(num_frames=9), 0.2).frames_from == "last"
     with pytest.raises(PusaInputError, match="frames_from: must be one of 'first', 'last', got 'end'"):
         request_from({**base, "frames_from": "end"}, Settings(num_frames=9), 0.2)
+
+
+def test_a_streamed_mp4_refuses_frames_of_another_size(tmp_path) -> None:
+    frames = (f for f in [*numbered_clip(3), numbered_clip(1, (32, 64))[0]])
+    with pytest.raises(ValueError, match="a 32x64 frame among 64x64 frames"):
+        write_mp4(frames, tmp_path / "mixed.mp4", 8)
+    assert video_info(write_mp4(iter(numbered_clip(3)), tmp_path / "streamed.mp4", 8)) == (3, 64, 64)
+
+
+def test_an_original_of_another_size_and_rate_is_fitted_to_the_new_part(tmp_path) -> None:
+    folder = OutputFolder(tmp_path / "outputs")
+    original = write_mp4(numbered_clip(32, (128, 64)), tmp_path / "wide.mp4", 32)  # 1 s at 32 fps, 2:1
+    part = write_mp4(numbered_clip(9), folder.root / "v2v_2_seed4.mp4", 8)
+    settings = {"task": "v2v", "positions": [0, 1], "multipliers": [0.0, 0.3], "frames_from": "last",
+                "settings": {"width": 64, "height": 64, "fit": "crop", "fps": 8, "seed": 4, "num_frames": 9}}
+    joined = write_joined(folder, original, part, settings)
+    assert (joined.original_frames, joined.num_frames) == (8, 8 + 9 - 5)  # 1 s at 8 fps
+    assert video_info(joined.video_path) == (12, 64, 64)
+    assert frame_levels(read_video(joined.video_path)[0])[:8] == list(range(0, 32, 4))
