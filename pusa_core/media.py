@@ -27,6 +27,9 @@ from .requests import Fit, ImageInput
 SETTINGS_TAG = "pusa_settings"
 SETTINGS_FIELD = "settings file"
 FPS_TOLERANCE = 0.01  # frame rates closer than this are the same (containers store 16 as 15.99...)
+# Frames decoded from one video at most: an hour at 60 fps. Taking the last frames decodes the whole file,
+# so a small upload of millions of tiny frames must not hold the queue for long.
+MAX_VIDEO_FRAMES = 216_000
 
 
 def _megapixels(pixels: int) -> str:
@@ -140,13 +143,15 @@ def iter_video(
 
     def frames() -> Iterator[np.ndarray]:
         try:
-            while True:
+            for _ in range(MAX_VIDEO_FRAMES):
                 ok, frame = capture.read()
                 if not ok:
                     return
                 if size is not None:
                     frame = fit_frame(frame, *size, fit)
                 yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if capture.grab():
+                raise PusaInputError(field, f"{path.name!r} has more than {MAX_VIDEO_FRAMES:,} frames; cut it shorter")
         finally:
             capture.release()
 

@@ -296,3 +296,13 @@ def test_an_original_of_another_size_and_rate_is_fitted_to_the_new_part(tmp_path
     assert (joined.original_frames, joined.num_frames) == (8, 8 + 9 - 5)  # 1 s at 8 fps
     assert video_info(joined.video_path) == (12, 64, 64)
     assert frame_levels(read_video(joined.video_path)[0])[:8] == list(range(0, 32, 4))
+
+
+def test_a_video_with_too_many_frames_is_refused(tmp_path, monkeypatch) -> None:
+    import pusa_core.media as media
+
+    clip = write_mp4(numbered_clip(12), tmp_path / "long.mp4", 8)
+    monkeypatch.setattr(media, "MAX_VIDEO_FRAMES", 10)
+    with pytest.raises(PusaInputError, match="'long.mp4' has more than 10 frames; cut it shorter"):
+        read_video(clip, max_frames=3, last=True)
+    assert len(read_video(clip, max_frames=3)[0]) == 3  # the first frames stop early, before the limit matters
