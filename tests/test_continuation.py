@@ -306,3 +306,9 @@ def test_a_video_with_too_many_frames_is_refused(tmp_path, monkeypatch) -> None:
     with pytest.raises(PusaInputError, match="'long.mp4' has more than 10 frames; cut it shorter"):
         read_video(clip, max_frames=3, last=True)
     assert len(read_video(clip, max_frames=3)[0]) == 3  # the first frames stop early, before the limit matters
+
+
+def test_the_result_buttons_are_off_until_there_is_a_video(server) -> None:
+    labels = ("Continue this video", "Use last frame", "Use as keyframe")
+    buttons = [c["props"] for c in server.client.config["components"] if c["props"].get("value") in labels]
+    assert len(buttons) == 4 * 3 and all(b["interactive"] is False for b in buttons)
