@@ -17,7 +17,7 @@ from . import facts
 from .errors import PusaInputError
 from .facts import SIZE_MULTIPLE, latent_frame_count
 from .schedule import frame_multipliers
-from .requests import ImageToVideo, MultiFrames, Request, Settings, TextToVideo, VideoToVideo
+from .requests import FRAMES_FROM, ImageToVideo, MultiFrames, Request, Settings, TextToVideo, VideoToVideo
 
 POSITIONS_EXAMPLE = "0,20"
 MULTIPLIERS_EXAMPLE = "0.2,0.5"
@@ -239,6 +239,11 @@ def plan_request(request: Request) -> Conditioning:
     if isinstance(request, VideoToVideo):
         if not request.video:
             raise PusaInputError("video", "is missing; upload the video to extend or complete")
+        if request.frames_from not in FRAMES_FROM:
+            raise PusaInputError(
+                "frames_from", f"must be one of {', '.join(map(repr, FRAMES_FROM))}, got {request.frames_from!r}; "
+                "'first' takes the upload's first frames, 'last' its last frames (to continue it)"
+            )
         positions, multipliers = tuple(request.positions), tuple(request.multipliers)
         validate_positions(positions, multipliers, s.num_frames)
         return Conditioning(positions, multipliers, count)

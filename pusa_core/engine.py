@@ -8,6 +8,7 @@ is even loaded, so a bad request is answered at once.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -20,22 +21,31 @@ import torch
 from . import facts
 from .adapters import LoraCatalog, LoraStack, attach_loras, merge_blocker
 from .conditioning import plan_request
+from .continuation import JoinedVideo, check_continuation, write_joined
 from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
 from .job import GenerationResult, JobRunner, Progress, ProgressCallback
 from .loading import PusaComponents, load_components, source_defaults, source_example_prompts, source_noise_multiplier
 from .outputs import OutputFolder, Retention
 from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
-from .requests import Request, Settings, preset_settings
+from .requests import Request, Settings, VideoToVideo, preset_settings
 from .speed import apply_speed_options, check_attention_backend
 from .weights import ModelSource
 
-__all__ = ["Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
+__all__ = ["ContinuationResult", "Engine", "EngineStatus", "GenerationResult", "OutOfMemory", "Progress", "ProgressCallback"]
 
 
 def _architecture(config: Any) -> dict[str, Any]:
     """A model config without diffusers' bookkeeping keys (``_name_or_path`` may be a Path)."""
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class ContinuationResult:
+    """A continued video: the new part (its own output) and the original joined to it."""
+
+    part: GenerationResult
+    joined: JoinedVideo
 
 
 class OutOfMemory(RuntimeError):
@@ -264,3 +274,22 @@ class Engine:
                     f"out of GPU memory at {s.width}x{s.height}, {s.num_frames} frames: lower the size "
                     "(e.g. 832x480), the frame count, or use --placement offload; the app is ready for the next job"
                 ) from None
+
+    def continue_video(
+        self, request: VideoToVideo, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+        preview: bool = False,
+    ) -> ContinuationResult:
+        """Continue ``request.video``: generate from its last frames, then write it joined to the new part.
+
+        ``request`` must take the video's last frames and leave the new part at least one frame of its own;
+        the joined video has ``original + new - overlap`` frames (see :mod:`pusa_core.continuation`).
+        """
+        plan_request(request)
+        check_continuation(request.frames_from, request.positions, request.settings.num_frames)
+        part = self.generate(request, progress, cancel, preview)
+        return ContinuationResult(part, self.join(Path(request.video), part.video_path))
+
+    def join(self, original: Path, part_video: Path) -> JoinedVideo:
+        """Write ``original`` joined to ``part_video``, a continuation of it in the output folder (its settings
+        JSON beside it says which frames repeat the original)."""
+        return write_joined(self.outputs, original, part_video, json.loads(part_video.with_suffix(".json").read_text()))

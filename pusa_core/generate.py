@@ -6,7 +6,7 @@
 
 Names and validation are the API's. A job line is a JSON object with the flags' names: ``task``,
 ``prompt``, ``negative_prompt``, ``image``, ``images`` (a list), ``video``, ``positions``,
-``multipliers``, ``noise_multiplier``, ``steps``, ``cfg``, ``alpha`` (or ``lora_alpha``), ``seed``
+``multipliers``, ``frames_from`` (v2v: ``first`` or ``last``), ``noise_multiplier``, ``steps``, ``cfg``, ``alpha`` (or ``lora_alpha``), ``seed``
 (null: random), ``size`` ("WxH"), ``frames``, ``fps``, ``fit`` and ``out``. What neither the line
 nor the flags give takes the model's defaults, as on the page. Media paths are relative to the
 current folder. Every job is checked before the model loads.
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--video", metavar="V.mp4", help="v2v: the video whose frames fill the positions")
     job.add_argument("--positions", metavar="0,20", help="multiframe, v2v: latent frame indices")
     job.add_argument("--multipliers", metavar="0.2,0.5", help="multiframe, v2v: one noise multiplier (0..1) per position")
+    job.add_argument("--frames-from", dest="frames_from", metavar="{first,last}",
+                     help="v2v: take the positions' frames from the video's first frames (default) or its last")
     job.add_argument("--noise-multiplier", dest="noise_multiplier", metavar="M", help="i2v: the image's noise multiplier")
     job.add_argument("--steps", help="denoising steps")
     job.add_argument("--cfg", help="guidance scale (1 turns it off)")
@@ -217,7 +219,9 @@ INPUT_PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "positions": parse_positions,
     "multipliers": parse_multipliers,
     "noise_multiplier": parse_number,
+    "frames_from": lambda value, field: value,  # the request's check names the choices
 }
+OPTIONAL_INPUTS = ("frames_from",)  # left out, the request's own default
 
 
 def settings_from(values: dict[str, Any], defaults: Settings) -> Settings:
@@ -262,7 +266,7 @@ def request_from(values: dict[str, Any], defaults: Settings, noise_multiplier: f
             data[name] = INPUT_PARSERS[name](values[name], name)
         elif name == "noise_multiplier":
             data[name] = noise_multiplier  # the model's own
-        else:
+        elif name not in OPTIONAL_INPUTS:
             raise PusaInputError(name, f"is missing; {task} needs it")
     request = request_from_dict(data)
     plan_request(request)

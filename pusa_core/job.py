@@ -29,7 +29,7 @@ from .facts import MAX_JOB_SECONDS_FLAG, SEED, SPATIAL_COMPRESSION, frames_neede
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents
 from .adapters import LoraStack
-from .media import fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
+from .media import FPS_TOLERANCE, fit_frame, from_model_pixels, load_image, read_video, to_model_pixels, write_mp4
 from .outputs import OutputFolder
 from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_job
 from .preview import decoded_strip, linear_strip
@@ -130,7 +130,9 @@ class JobRunner:
         check_time(0)
 
         report("inputs", 0.0, "encoding conditioning frames" if plan.positions else "no conditioning frames")
-        cond_latents = {p: z.to(device) for p, z in self._encode_inputs(c, request, plan, devices.vae_device).items()}
+        encoded, input_notes = self._encode_inputs(c, request, plan, devices.vae_device)
+        cond_latents = {p: z.to(device) for p, z in encoded.items()}
+        notes += input_notes
 
         loras.use(s)  # a no-op when the adapters and weights are those of the last job
 
@@ -201,8 +203,8 @@ class JobRunner:
 
     def _encode_inputs(
         self, c: PusaComponents, request: Request, plan: Conditioning, device: torch.device
-    ) -> dict[int, torch.Tensor]:
-        """Clean latents ``[1, C, 1, h, w]`` per conditioned slot."""
+    ) -> tuple[dict[int, torch.Tensor], tuple[str, ...]]:
+        """Clean latents ``[1, C, 1, h, w]`` per conditioned slot, and what the user should know about the inputs."""
         s = request.settings
         if isinstance(request, (ImageToVideo, MultiFrames)):
             images = [request.image] if isinstance(request, ImageToVideo) else list(request.images)
@@ -212,19 +214,24 @@ class JobRunner:
                 frame = fit_frame(load_image(image, field), s.width, s.height, s.fit)
                 # Every image is encoded alone as a 1-frame clip, whatever slot it goes to.
                 out[position] = encode_pixels(c.vae, to_model_pixels(frame[None]), device)
-            return out
+            return out, ()
         if isinstance(request, VideoToVideo):
             needed = frames_needed(plan.positions)
-            # Each frame is fitted as it is read, so a large source costs one source frame, not the clip.
-            frames, _ = read_video(request.video, max_frames=needed, size=(s.width, s.height), fit=s.fit)
+            # Each frame is fitted and resampled to the job's fps as it is read, so a large source costs one
+            # source frame, not the clip, and a 30 fps clip keeps its speed.
+            frames, source_fps = read_video(
+                request.video, max_frames=needed, size=(s.width, s.height), fit=s.fit, fps=s.fps,
+                last=request.frames_from == "last",
+            )
             if len(frames) < needed:
                 raise PusaInputError(
                     "video",
                     f"has {len(frames)} frames but position {max(plan.positions)} needs at least {needed}; "
                     "use a longer video or lower positions",
                 )
+            notes = (f"Input was {source_fps:g} fps, resampled to {s.fps} fps",) if abs(source_fps - s.fps) > FPS_TOLERANCE else ()
             # Wan's VAE is causal in time, so encoding just the frames the slots need gives the same latents
             # for those slots as encoding the whole clip.
             latents = encode_pixels(c.vae, to_model_pixels(frames), device)
-            return {p: latents[:, :, p : p + 1] for p in plan.positions}
-        return {}
+            return {p: latents[:, :, p : p + 1] for p in plan.positions}, notes
+        return {}, ()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
+import math
 import re
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,10 @@ from .requests import Fit, ImageInput
 
 SETTINGS_TAG = "pusa_settings"
 SETTINGS_FIELD = "settings file"
+FPS_TOLERANCE = 0.01  # frame rates closer than this are the same (containers store 16 as 15.99...)
+# Frames decoded from one video at most: an hour at 60 fps. Taking the last frames decodes the whole file,
+# so a small upload of millions of tiny frames must not hold the queue for long.
+MAX_VIDEO_FRAMES = 216_000
 
 
 def _megapixels(pixels: int) -> str:
@@ -92,41 +100,91 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
+def resampled_index(i: int, source_fps: float, fps: float) -> int:
+    """The source frame on screen at output frame ``i``'s time: the one whose span holds ``i / fps``."""
+    return math.floor(i * source_fps / fps + 1e-9)
+
+
+def resampled_count(source_frames: int, source_fps: float, fps: float) -> int:
+    """Output frames at ``fps`` that a clip of ``source_frames`` at ``source_fps`` lasts (at least 1)."""
+    return max(1, math.ceil(source_frames * fps / source_fps - 1e-9))
+
+
+def _resample(frames: Iterator[np.ndarray], source_fps: float, fps: float) -> Iterator[np.ndarray]:
+    """Frames at ``fps`` from frames at ``source_fps``, streamed: each source frame is shown for as long as it lasts."""
+    i = 0
+    for k, frame in enumerate(frames):
+        while resampled_index(i, source_fps, fps) == k:
+            yield frame
+            i += 1
+
+
+def iter_video(
+    path: str | Path, field: str = "video", size: tuple[int, int] | None = None, fit: Fit = "crop", fps: float | None = None,
+) -> tuple[Iterator[np.ndarray], float]:
+    """A video's RGB uint8 frames one at a time, and the file's frame rate; see :func:`read_video`.
+
+    The file is checked (readable, not too large) before this returns; frames are decoded as they are taken.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PusaInputError(field, f"file {path.name!r} was not found; upload the video again")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise PusaInputError(field, f"{path.name!r} is not a readable video; use an MP4, MOV or WebM file")
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        _check_dimensions(field, path.name, width, height, " per frame")
+    except PusaInputError:
+        capture.release()
+        raise
+    source_fps = float(capture.get(cv2.CAP_PROP_FPS) or 16.0)
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for _ in range(MAX_VIDEO_FRAMES):
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                if size is not None:
+                    frame = fit_frame(frame, *size, fit)
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if capture.grab():
+                raise PusaInputError(field, f"{path.name!r} has more than {MAX_VIDEO_FRAMES:,} frames; cut it shorter")
+        finally:
+            capture.release()
+
+    stream = frames()
+    if fps is not None and abs(source_fps - fps) > FPS_TOLERANCE:
+        stream = _resample(stream, source_fps, fps)
+    return stream, source_fps
+
+
 def read_video(
     path: str | Path,
     max_frames: int | None = None,
     field: str = "video",
     size: tuple[int, int] | None = None,
     fit: Fit = "crop",
+    fps: float | None = None,
+    last: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's frame rate.
+    """Frames as RGB uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the file's own frame rate.
 
     With ``size=(width, height)`` each frame is fitted as it is read, so memory grows with the target size,
-    not the source's.
+    not the source's. With ``fps`` a clip at another rate is resampled to it as it is read (a 30 fps clip
+    keeps its duration at 16 fps, instead of playing in slow motion). With ``last`` the final ``max_frames``
+    are kept instead of the first; the whole clip is decoded, but only that many frames are held.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PusaInputError(field, f"file {path.name!r} was not found; upload the video again")
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise PusaInputError(field, f"{path.name!r} is not a readable video; use an MP4, MOV or WebM file")
-        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        _check_dimensions(field, path.name, width, height, " per frame")
-        fps = capture.get(cv2.CAP_PROP_FPS) or 16.0
-        frames = []
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if size is not None:
-                frame = fit_frame(frame, *size, fit)
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    finally:
-        capture.release()
-    if not frames:
-        raise PusaInputError(field, f"{path.name!r} has no frames that could be decoded; re-encode it as H.264 MP4")
-    return np.stack(frames), float(fps)
+    stream, source_fps = iter_video(path, field, size, fit, fps)
+    if last and max_frames is not None:
+        kept = collections.deque(stream, maxlen=max_frames)
+    else:
+        kept = collections.deque(itertools.islice(stream, max_frames))
+    if not kept:
+        raise PusaInputError(field, f"{Path(path).name!r} has no frames that could be decoded; re-encode it as H.264 MP4")
+    return np.stack(list(kept)), source_fps
 
 
 def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -141,8 +199,14 @@ def from_model_pixels(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: float, settings: dict[str, Any] | None = None) -> Path:
-    """H.264 yuv420p MP4 that browsers play; ``settings`` go into the file's comment metadata as JSON."""
+def write_mp4(
+    frames: np.ndarray | Iterable[np.ndarray], path: str | Path, fps: float, settings: dict[str, Any] | None = None
+) -> Path:
+    """H.264 yuv420p MP4 that browsers play; ``settings`` go into the file's comment metadata as JSON.
+
+    ``frames``: ``[T, H, W, 3]`` uint8, or any iterable of ``[H, W, 3]`` frames of one size (streamed: a long
+    joined video is never held whole).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if settings is None:
@@ -167,16 +231,24 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, settings: dict[s
     return path
 
 
-def _encode(frames: np.ndarray, path: Path, fps: float, output_params: list[str]) -> None:
-    _, h, w, _ = frames.shape
+def _encode(frames: np.ndarray | Iterable[np.ndarray], path: Path, fps: float, output_params: list[str]) -> None:
+    stream = iter(frames)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError(f"{path.name}: no frames to write")
+    h, w = first.shape[:2]
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
         macro_block_size=2, output_params=output_params, ffmpeg_log_level="error",
     )
     writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    try:
+        for frame in itertools.chain([first], stream):
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"{path.name}: a {frame.shape[1]}x{frame.shape[0]} frame among {w}x{h} frames")
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
 
 
 def _ffmetadata_escape(text: str) -> str:

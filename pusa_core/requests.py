@@ -77,14 +77,23 @@ class MultiFrames:
     task: str = field(default="multiframe", init=False)
 
 
+FramesFrom = Literal["first", "last"]
+FRAMES_FROM: tuple[str, ...] = ("first", "last")
+
+
 @dataclass(frozen=True)
 class VideoToVideo:
-    """Extension, completion, transition: the listed latent slots are taken from the encoded video."""
+    """Extension, completion, transition: the listed latent slots are taken from the encoded video.
+
+    ``frames_from``: ``"first"`` takes the slots' frames from the start of the video, ``"last"`` from its
+    end (the last ``4 * max(positions) + 1`` frames: how a video is continued).
+    """
 
     settings: Settings
     video: str | Path
     positions: tuple[int, ...]
     multipliers: tuple[float, ...]
+    frames_from: FramesFrom = "first"
     task: str = field(default="v2v", init=False)
 
 

@@ -134,7 +134,7 @@ def test_jobs_lines_that_are_not_jobs_are_named_by_line(tmp_path: Path, capsys: 
     assert (status, stdout) == (2, "")
     assert stderr.splitlines() == [
         f"generate: {jobs}:1: colour: is not a job field; use task, prompt, negative_prompt, seed, steps, cfg, alpha, "
-        "frames, fps, fit, lora_alpha, size, image, noise_multiplier, images, positions, multipliers, video, out",
+        "frames, fps, fit, lora_alpha, size, image, noise_multiplier, images, positions, multipliers, video, frames_from, out",
         f"generate: {jobs}:2: json: not valid JSON (Expecting value at column 1)",
         f'generate: {jobs}:3: json: must be a JSON object like {{"task": "t2v", "prompt": "..."}}, got [1, 2]',
         f"generate: {jobs}:4: alpha: is given twice, as \"alpha\" and as \"lora_alpha\"; give one",

@@ -17,6 +17,7 @@ from pusa_core.errors import PusaInputError
 from pusa_core.media import read_settings
 from pusa_core.outputs import OutputFolder
 from ui import i2v, multiframe, t2v, v2v
+from ui.continue_video import wire_continue_api, wire_result_actions
 from ui.examples import EXAMPLES_DIR, examples_for, words_markdown
 from ui.form import inside
 from ui.runner import Runner, field_message
@@ -127,6 +128,9 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
             for spec in SPECS:
                 with gr.Tab(spec.label, id=spec.task):
                     forms.append(build_task_tab(spec, runner, defaults, noise_multiplier, examples))
+
+        wire_result_actions(forms, tabs, engine)
+        wire_continue_api(next(form for form in forms if form.task == "v2v"), runner)
 
         default_targets = [c for form in forms for c in form.default_targets()]
         memory_lines = [form.controls.memory for form in forms]

@@ -50,6 +50,8 @@ FIELD_LABELS = {
     "settings file": "Settings file",
     "preset": "Preset",
     "extra_loras": "Extra LoRAs",
+    "frames_from": "Take the frames from",
+    "output": "Output",
 }
 PHASE_LABELS = {
     "prompt": "Encoding the prompt",

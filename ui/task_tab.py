@@ -23,7 +23,7 @@ from ui.examples import ExampleSet
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
 from ui.schedule_plot import error_html, schedule_html
-from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
+from ui.widgets import SHARED_NAMES, OutputPanel, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
 PREVIEW_SECONDS = 0.5  # how often the page fetches the latest step preview while a job runs
 # What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values
@@ -56,6 +56,7 @@ class TaskSpec:
     saved_values: Callable[[dict[str, Any], Callable[[Any], Path | None]], dict[str, Any]] = lambda data, find: {}
     # Wires the tab's own display parts to its inputs and the shared settings (frames, fps), once both exist.
     wire: Callable[[TaskInputs, SharedControls], None] | None = None
+    results: Callable[[], Any] | None = None  # more of the result column, made under the output panel
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class TabForm:
     components: tuple[gr.components.Component, ...]
     controls: SharedControls
     noise_multiplier: gr.components.Component | None
+    panel: OutputPanel
+    job: Any  # the Generate job's event, for steps that follow a finished job
+    results: Any = None  # what ``spec.results`` made
+
+    def component(self, name: str) -> gr.components.Component:
+        return self.components[self.names.index(name)]
 
     @property
     def task(self) -> str:
@@ -154,6 +161,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
             initial = {name: own.components[name].value for name in spec.schedule_names}
             schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
             panel = output_panel(spec.task)
+            results = spec.results() if spec.results is not None else None
 
     shared = dict(zip(SHARED_NAMES, controls.inputs()))
     names = (*own.components, *SHARED_NAMES)
@@ -209,4 +217,4 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     if spec.wire is not None:
         spec.wire(own, controls)
     noise = own.components.get("noise_multiplier")
-    return TabForm(spec, names, components, controls, noise)
+    return TabForm(spec, names, components, controls, noise, panel, job, results)

@@ -7,17 +7,20 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from pusa_core.continuation import CONTINUE_MULTIPLIERS
 from pusa_core.conditioning import parse_multipliers, parse_positions
 from pusa_core.errors import PusaInputError
-from pusa_core.facts import latent_frame_count, latent_to_pixel_frames
-from pusa_core.requests import Request, Settings, VideoToVideo
+from pusa_core.facts import frames_needed, latent_frame_count, latent_to_pixel_frames
+from pusa_core.requests import FRAMES_FROM, Request, Settings, VideoToVideo
+from ui.continue_video import joined_results
 from ui.examples import ExampleSet
 from ui.form import comma_list, saved_lists
 from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
-from ui.widgets import MULTIPLIERS_HELP, prompt_box
+from ui.widgets import MULTIPLIERS_HELP, EngineCheckedRadio, prompt_box
 
-EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # Pusa's extension example: the first 13 frames, noisier towards the new part
+EXTENSION_MULTIPLIERS = CONTINUE_MULTIPLIERS  # Pusa's extension example: 13 frames, noisier towards the new part
 COMPLETION_MULTIPLIERS = (0.0, 0.3)
+FRAMES_FROM_CHOICES = [("First frames", "first"), ("Last frames (continue it)", "last")]
 
 
 def extension_plan(num_frames: int) -> tuple[str, str]:
@@ -36,15 +39,16 @@ def completion_plan(num_frames: int) -> tuple[str, str]:
     return f"0,{latent_frame_count(num_frames) - 1}", comma_list(COMPLETION_MULTIPLIERS)
 
 
-def _sources(positions: Any) -> list[str] | None:
+def _sources(positions: Any, frames_from: Any = "first") -> list[str] | None:
     try:
         parsed = parse_positions(positions, "positions")
     except PusaInputError:
         return None
+    of_last = f" of its last {frames_needed(parsed)}" if frames_from == "last" else ""
     labels = []
     for p in parsed:
         first, last = latent_to_pixel_frames(p)
-        labels.append(f"video frame {first}" if first == last else f"video frames {first}–{last}")
+        labels.append((f"video frame {first}" if first == last else f"video frames {first}–{last}") + of_last)
     return labels
 
 
@@ -59,6 +63,11 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -
             info=f"Latent slots taken from the video: {ext_positions} extends its start, {comp_positions} completes it",
         )
         multipliers = gr.Textbox(label="Multipliers", value=ext_multipliers, info=MULTIPLIERS_HELP)
+    frames_from = EngineCheckedRadio(
+        FRAMES_FROM_CHOICES, value="first", label="Take the frames from", elem_id="v2v-frames-from",
+        info="The start of the upload (extend its start, complete it), or its end (continue it); "
+        "a clip at another fps is resampled to the output's",
+    )
     first_clip, first_text = examples.clips[0]
     if examples.small:
         extend = small_extension_plan(noise_multiplier)
@@ -70,7 +79,7 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -
     rows.append([first_clip, first_text, comp_positions, comp_multipliers])
     labels.append("Complete between first and last frame" + (f": {first_text}" if examples.small else ""))
     return TaskInputs(
-        {"video": video, "prompt": prompt, "positions": positions, "multipliers": multipliers},
+        {"video": video, "prompt": prompt, "positions": positions, "multipliers": multipliers, "frames_from": frames_from},
         examples=rows,
         example_names=("video", "prompt", "positions", "multipliers"),
         example_labels=labels,
@@ -83,27 +92,32 @@ def _request(values: dict[str, Any], settings: Settings) -> Request:
         video=values["video"] or "",
         positions=parse_positions(values["positions"], "positions"),
         multipliers=parse_multipliers(values["multipliers"], "multipliers"),
+        frames_from=values["frames_from"],
     )
 
 
 def _schedule(values: dict[str, Any]) -> SchedulePlan:
-    return values["positions"], values["multipliers"], _sources(values["positions"])
+    return values["positions"], values["multipliers"], _sources(values["positions"], values["frames_from"])
 
 
 def _saved(data: dict[str, Any], find_input: Callable[[Any], Path | None]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if (video := find_input(data.get("video"))) is not None:
         out["video"] = str(video)
+    if data.get("frames_from") in FRAMES_FROM:
+        out["frames_from"] = data["frames_from"]
     return {**out, **saved_lists(data, ("positions", "multipliers"))}
 
 
 SPEC = TaskSpec(
     task="v2v",
     label="Video-to-Video",
-    doc="Video-to-video: keep the listed latent slots of `video` and generate the rest.",
+    doc="Video-to-video: keep the listed latent slots of `video` (from its first frames, or its last with "
+    "frames_from='last') and generate the rest; a video at another fps is resampled to `fps`.",
     inputs=_inputs,
     to_request=_request,
     schedule=_schedule,
-    schedule_names=("positions", "multipliers"),
+    schedule_names=("positions", "multipliers", "frames_from"),
     saved_values=_saved,
+    results=joined_results,
 )

@@ -278,6 +278,9 @@ class OutputPanel:
     reuse_seed: gr.Button
     show_preview: gr.Checkbox
     preview: gr.Image
+    continue_video: gr.Button  # these three are wired by ui.continue_video, enabled once there is a video
+    use_last_frame: gr.Button
+    use_as_keyframe: gr.Button
 
     def outputs(self) -> list[gr.components.Component]:
         return [self.video, self.settings_file, self.seed_used, self.message]
@@ -296,9 +299,16 @@ def output_panel(task: str) -> OutputPanel:
     with gr.Row():
         seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
         reuse_seed = gr.Button("Use this seed", size="md", interactive=False, elem_id=f"{task}-reuse-seed")
+    with gr.Row():
+        continue_video = gr.Button("Continue this video", size="md", interactive=False, elem_id=f"{task}-continue")
+        use_last_frame = gr.Button("Use last frame", size="md", interactive=False, elem_id=f"{task}-use-last-frame")
+        use_as_keyframe = gr.Button("Use as keyframe", size="md", interactive=False, elem_id=f"{task}-use-keyframe")
     settings_file = gr.File(label="Settings JSON", interactive=False)
     message = gr.Markdown(label="Message", elem_id=f"{task}-message")
-    return OutputPanel(video, settings_file, seed_used, message, reuse_seed, show_preview, preview)
+    return OutputPanel(
+        video, settings_file, seed_used, message, reuse_seed, show_preview, preview, continue_video, use_last_frame,
+        use_as_keyframe,
+    )
 
 
 def wire_reuse_seed(panel: OutputPanel, controls: SharedControls) -> None:
