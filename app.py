@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not ranks.leader:
         # Ctrl-C ends this rank at once, even inside a collective; rank 0 ends with its own.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        engine.follow()
+        engine.follow(say=ranks.say)
         return
     engine.start()
     try:

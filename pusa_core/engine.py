@@ -321,17 +321,17 @@ class Engine:
                 raise
             raise self.ranks.out_of_step(error) from error  # a collective failed or timed out
 
-    def follow(self) -> None:
+    def follow(self, say: Callable[[str], None] = lambda text: None) -> None:
         """A follower rank: load the models, then run each job rank 0 sends until it leaves.
 
         Raises RuntimeError when the models do not load, and :class:`RanksOutOfStep` when a
-        collective fails; a job that all ranks stopped together is told on stderr and the next awaited.
+        collective fails; a job that all ranks stopped together is told to ``say`` and the next awaited.
         """
         self._load()
         components, devices = self._components, self._devices
         if components is None or devices is None:
             raise RuntimeError(self._message)
-        self.ranks.say(self._message)
+        say(self._message)
 
         def run(job: SamplingJob) -> None:
             try:
@@ -339,6 +339,6 @@ class Engine:
             except RanksOutOfStep:
                 raise
             except Exception as error:  # stopped on every rank; rank 0 reports it to its user
-                self.ranks.say(f"job stopped: {type(error).__name__}: {error}")
+                say(f"job stopped: {type(error).__name__}: {error}")
 
         self.ranks.follow(run)
