@@ -1,0 +1,161 @@
+"""The ranks of a torchrun launch on gloo: rank 0's engine sends each job, rank 1's follows it.
+
+Two ranks are forked from this process (as in test_parallel.py) and each builds the random tiny
+engine with :class:`~pusa_core.ranks.Ranks`; rank 0 runs a list of jobs through ``Engine.generate``
+and records each video's frames or its exception, rank 1 runs ``Engine.follow`` and records what
+it says. The reference is the single-process engine, in this process. The test fault hook
+(tests/support/faulty_rank.py) makes a rank raise mid-job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pusa_core.engine import Engine, Progress
+from pusa_core.media import read_video
+from pusa_core.ranks import FAULT_HOOK_ENV, Ranks
+from pusa_core.requests import Request, Settings, TextToVideo
+from pusa_core.tiny_models import random_tiny_components
+
+WORLD_SECONDS = 120  # still running after this: hung, fail instead of waiting
+GOOD = TextToVideo(Settings(prompt="a red ball bounces", width=96, height=64, num_frames=9, steps=3, seed=3))
+
+
+def job(name: str, **changes: Any) -> TextToVideo:
+    return TextToVideo(replace(GOOD.settings, **changes))
+
+
+JOBS: list[tuple[str, Request]] = [
+    ("good", GOOD),
+    ("alpha", job("alpha", lora_alpha=0.5)),  # the followers merge the same LoRA weight
+    ("follower_fails", job("f", prompt="a red ball bounces, fail on rank 1")),
+    ("after_follower_failure", GOOD),
+    ("leader_fails", job("l", prompt="a red ball bounces, fail on rank 0")),
+    ("after_leader_failure", GOOD),
+    ("cancelled", GOOD),
+    ("after_cancel", GOOD),
+    ("cfg1", job("c", cfg=1.0)),
+]
+
+
+def frames(path: Path) -> np.ndarray:
+    return read_video(path)[0]
+
+
+def cancel_at_step_2() -> dict[str, Any]:
+    """Rank 0's cancel event, set by its own progress after step 2 (as the page's Cancel button would)."""
+    cancel = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.step == 2:
+            cancel.set()
+
+    return {"cancel": cancel, "progress": progress}
+
+
+def _rank_main(rank: int, port: int, out_dir: Path) -> None:
+    torch.set_num_threads(1)
+    os.environ[FAULT_HOOK_ENV] = "tests.support.faulty_rank"
+    ranks = Ranks.join(timeout=WORLD_SECONDS / 2, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    engine = Engine.from_components(random_tiny_components(), output_dir=out_dir / f"rank{rank}", ranks=ranks)
+    outcomes: dict[str, Any] = {}
+    if rank == 0:
+        assert engine.wait_ready(60).state == "ready", engine.status().message
+        outcomes["status"] = engine.status()
+        for name, request in JOBS:
+            try:
+                kw = cancel_at_step_2() if name == "cancelled" else {}
+                outcomes[name] = frames(engine.generate(request, **kw).video_path)
+            except Exception as error:
+                outcomes[name] = (type(error).__name__, str(error))
+        ranks.leave()
+    else:
+        said: list[str] = []
+        engine.follow(say=said.append)
+        outcomes["said"] = said
+        outcomes["written"] = sorted(p.name for p in (out_dir / "rank1").glob("*")) if (out_dir / "rank1").exists() else []
+    torch.save(outcomes, out_dir / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out_dir = tmp_path_factory.mktemp("ranks")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    world = mp.start_processes(_rank_main, args=(port, out_dir), nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + WORLD_SECONDS
+    while not world.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in world.processes:
+                process.kill()
+            pytest.fail(f"the 2 ranks were still running after {WORLD_SECONDS} s")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path_factory.mktemp("single"))
+    assert engine.wait_ready(60).state == "ready"
+    return {"good": frames(engine.generate(GOOD).video_path), "alpha": frames(engine.generate(JOBS[1][1]).video_path)}
+
+
+def assert_same_video(got: Any, expected: np.ndarray) -> None:
+    assert isinstance(got, np.ndarray), f"the job failed: {got}"
+    assert got.shape == expected.shape == (9, 64, 96, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_the_two_ranks_share_each_step(ranks: list[dict[str, Any]]) -> None:
+    status = ranks[0]["status"]
+    assert "ready on 2 ranks" in status.message
+    assert "2 processes" in status.placement and "cfg-parallel" in status.placement
+
+
+@pytest.mark.parametrize("name", ["good", "after_follower_failure", "after_leader_failure", "after_cancel"])
+def test_a_job_on_two_ranks_makes_the_single_process_video(ranks, reference, name: str) -> None:
+    assert_same_video(ranks[0][name], reference["good"])
+
+
+def test_followers_apply_the_jobs_lora_weight(ranks, reference) -> None:
+    assert_same_video(ranks[0]["alpha"], reference["alpha"])
+    assert np.abs(reference["alpha"].astype(int) - reference["good"].astype(int)).max() > 1  # the alpha shows
+
+
+def test_a_follower_failing_mid_job_ends_it_on_the_leader_with_its_message(ranks) -> None:
+    assert ranks[0]["follower_fails"] == (
+        "RankFailed", "rank 1 of 2 failed, so every rank stopped this job: RuntimeError: injected failure on rank 1"
+    )
+    assert "job stopped: RuntimeError: injected failure on rank 1" in ranks[1]["said"]
+
+
+def test_the_leader_failing_raises_its_own_error_and_the_follower_waits_for_the_next_job(ranks) -> None:
+    assert ranks[0]["leader_fails"] == ("RuntimeError", "injected failure on rank 0")
+    assert any(line.startswith("job stopped: RankFailed: rank 0 of 2 failed") for line in ranks[1]["said"])
+
+
+def test_cancel_on_the_leader_stops_every_rank(ranks) -> None:
+    name, message = ranks[0]["cancelled"]
+    assert name == "GenerationCancelled" and message.startswith("cancelled before step 3 of 3")
+    assert f"job stopped: GenerationCancelled: {message}" in ranks[1]["said"]
+
+
+def test_cfg_1_is_refused_before_anything_is_sent_under_cfg_parallel(ranks) -> None:
+    name, message = ranks[0]["cfg1"]
+    assert name == "PusaInputError" and message.startswith("cfg: these 2 ranks run cfg-parallel")
+    assert not any("cfg" in line for line in ranks[1]["said"])
+
+
+def test_only_the_leader_writes(ranks) -> None:
+    assert ranks[1]["written"] == []
