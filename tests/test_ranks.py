@@ -24,7 +24,9 @@ import torch.multiprocessing as mp
 
 from pusa_core.engine import Engine, Progress
 from pusa_core.media import read_video
-from pusa_core.ranks import FAULT_HOOK_ENV, Ranks
+import app as app_module
+from pusa_core.errors import PusaInputError
+from pusa_core.ranks import FAULT_HOOK_ENV, TIMEOUT_ENV, Ranks, check_launch, collective_timeout
 from pusa_core.requests import Request, Settings, TextToVideo
 from pusa_core.tiny_models import random_tiny_components
 
@@ -159,3 +161,42 @@ def test_cfg_1_is_refused_before_anything_is_sent_under_cfg_parallel(ranks) -> N
 
 def test_only_the_leader_writes(ranks) -> None:
     assert ranks[1]["written"] == []
+
+
+# -- the launch's flags, without ranks ---------------------------------------------------------------
+def test_collective_timeout_is_positive_seconds_with_300_by_default() -> None:
+    assert collective_timeout(None) == collective_timeout("") == 300.0
+    assert collective_timeout("7.5") == 7.5
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        with pytest.raises(PusaInputError, match=r"^--collective-timeout: .* is not a number of seconds; give a positive"):
+            collective_timeout(bad)
+
+
+def test_app_reads_the_collective_timeout_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert app_module.parse_args([]).collective_timeout == 300.0
+    monkeypatch.setenv(TIMEOUT_ENV, "40")
+    assert app_module.parse_args([]).collective_timeout == 40.0
+    assert app_module.parse_args(["--collective-timeout", "9"]).collective_timeout == 9.0
+
+
+def test_parallel_placements_in_one_process_are_refused_with_the_torchrun_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        app_module.main(["--placement", "cfg-parallel", "--model", "random-tiny"])
+    assert str(stopped.value.code).startswith(
+        "pusa studio: --placement: cfg-parallel runs one process per GPU, and this is one process; launch it with "
+        "torchrun: torchrun --nproc-per-node 2 app.py [same flags]"
+    )
+    with pytest.raises(PusaInputError, match="^--placement: shard runs in one process, and torchrun started 2"):
+        check_launch("shard", 2)
+    check_launch("cpu", 2)
+    check_launch(None, 1)
+
+
+def test_one_process_sends_nothing() -> None:
+    alone = Ranks()
+    assert (alone.leader, alone.parallel, alone.describe()) == (True, False, "one process")
+    with alone.job("anything"):
+        pass
+    alone.leave()
