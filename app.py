@@ -46,7 +46,7 @@ from pusa_core.outputs import Retention
 from pusa_core.placement import ENV_VAR as PLACEMENT_ENV
 from pusa_core.placement import KINDS as PLACEMENT_KINDS
 from pusa_core.model_choice import MODELS, choose_engine
-from pusa_core.ranks import TIMEOUT_ENV, TIMEOUT_FLAG, Ranks, check_launch, collective_timeout, launched_ranks
+from pusa_core.ranks import DEFAULT_TIMEOUT_SECONDS, TIMEOUT_ENV, TIMEOUT_FLAG, Ranks, check_launch, collective_timeout, launched_ranks
 from pusa_core.speed import check_attention_backend
 from pusa_core.weights import (
     DEFAULT_WEIGHTS_DIR,
@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="compile the transformer block with torch.compile (regional: once for all blocks); env PUSA_COMPILE=1",
     )
     parser.add_argument(
-        TIMEOUT_FLAG, type=_collective_timeout, default=_collective_timeout(_env(TIMEOUT_ENV) or ""),
+        TIMEOUT_FLAG, type=_collective_timeout, default=_env(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_SECONDS),
         metavar="SECONDS", help="under torchrun: how long a rank waits for the others before the job fails "
         f"with a message (a dead or stopped rank); default 300; env {TIMEOUT_ENV}",
     )

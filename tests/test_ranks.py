@@ -172,12 +172,18 @@ def test_collective_timeout_is_positive_seconds_with_300_by_default() -> None:
             collective_timeout(bad)
 
 
-def test_app_reads_the_collective_timeout_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_app_reads_the_collective_timeout_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     assert app_module.parse_args([]).collective_timeout == 300.0
     monkeypatch.setenv(TIMEOUT_ENV, "40")
     assert app_module.parse_args([]).collective_timeout == 40.0
     assert app_module.parse_args(["--collective-timeout", "9"]).collective_timeout == 9.0
+    monkeypatch.setenv(TIMEOUT_ENV, "never")
+    with pytest.raises(SystemExit):
+        app_module.parse_args([])
+    assert "argument --collective-timeout: 'never' is not a number of seconds" in capsys.readouterr().err
 
 
 def test_parallel_placements_in_one_process_are_refused_with_the_torchrun_command(monkeypatch: pytest.MonkeyPatch) -> None:
