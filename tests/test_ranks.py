@@ -23,6 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pusa_core.engine import Engine, Progress
+from pusa_core.parallel import RanksOutOfStep
 from pusa_core.media import read_video
 import app as app_module
 from pusa_core.errors import PusaInputError
@@ -66,16 +67,32 @@ def cancel_at_step_2() -> dict[str, Any]:
     return {"cancel": cancel, "progress": progress}
 
 
-def _rank_main(rank: int, port: int, out_dir: Path) -> None:
+# A model whose own cfg is 1: auto splits every pass's tokens over the ranks (sequence-parallel).
+CFG1 = TextToVideo(replace(GOOD.settings, cfg=1.0))
+SEQUENCE_JOBS: list[tuple[str, Request]] = [
+    ("good", CFG1),
+    ("cancelled", CFG1),
+    ("after_cancel", CFG1),
+    # Last: a failure inside a pass whose collectives the ranks share leaves them out of step.
+    ("follower_fails", TextToVideo(replace(CFG1.settings, prompt="a red ball bounces, fail on rank 1"))),
+    ("after_out_of_step", CFG1),
+]
+WORLDS = {"cfg": (3.0, JOBS), "sequence": (1.0, SEQUENCE_JOBS)}
+
+
+def _rank_main(rank: int, world: str, port: int, out_dir: Path) -> None:
     torch.set_num_threads(1)
     os.environ[FAULT_HOOK_ENV] = "tests.support.faulty_rank"
+    cfg, jobs = WORLDS[world]
     ranks = Ranks.join(timeout=WORLD_SECONDS / 2, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    engine = Engine.from_components(random_tiny_components(), output_dir=out_dir / f"rank{rank}", ranks=ranks)
+    components = random_tiny_components()
+    components.defaults = replace(components.defaults, cfg=cfg)
+    engine = Engine.from_components(components, output_dir=out_dir / f"rank{rank}", ranks=ranks)
     outcomes: dict[str, Any] = {}
     if rank == 0:
         assert engine.wait_ready(60).state == "ready", engine.status().message
         outcomes["status"] = engine.status()
-        for name, request in JOBS:
+        for name, request in jobs:
             try:
                 kw = cancel_at_step_2() if name == "cancelled" else {}
                 outcomes[name] = frames(engine.generate(request, **kw).video_path)
@@ -84,33 +101,46 @@ def _rank_main(rank: int, port: int, out_dir: Path) -> None:
         ranks.leave()
     else:
         said: list[str] = []
-        engine.follow(say=said.append)
+        try:
+            engine.follow(say=said.append)
+        except RanksOutOfStep as error:
+            outcomes["ended"] = str(error)
         outcomes["said"] = said
         outcomes["written"] = sorted(p.name for p in (out_dir / "rank1").glob("*")) if (out_dir / "rank1").exists() else []
     torch.save(outcomes, out_dir / f"rank{rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out_dir = tmp_path_factory.mktemp("ranks")
+def spawn_world(world: str, out_dir: Path) -> list[dict[str, Any]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    world = mp.start_processes(_rank_main, args=(port, out_dir), nprocs=2, join=False, start_method="fork")
+    world_processes = mp.start_processes(_rank_main, args=(world, port, out_dir), nprocs=2, join=False,
+                                         start_method="fork")
     deadline = time.monotonic() + WORLD_SECONDS
-    while not world.join(timeout=1):
+    while not world_processes.join(timeout=1):
         if time.monotonic() > deadline:
-            for process in world.processes:
+            for process in world_processes.processes:
                 process.kill()
             pytest.fail(f"the 2 ranks were still running after {WORLD_SECONDS} s")
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return spawn_world("cfg", tmp_path_factory.mktemp("cfg"))
+
+
+@pytest.fixture(scope="module")
+def sequence_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return spawn_world("sequence", tmp_path_factory.mktemp("sequence"))
+
+
+@pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path_factory.mktemp("single"))
     assert engine.wait_ready(60).state == "ready"
-    return {"good": frames(engine.generate(GOOD).video_path), "alpha": frames(engine.generate(JOBS[1][1]).video_path)}
+    return {"good": frames(engine.generate(GOOD).video_path), "alpha": frames(engine.generate(JOBS[1][1]).video_path),
+            "cfg1": frames(engine.generate(CFG1).video_path)}
 
 
 def assert_same_video(got: Any, expected: np.ndarray) -> None:
@@ -161,6 +191,21 @@ def test_cfg_1_is_refused_before_anything_is_sent_under_cfg_parallel(ranks) -> N
 
 def test_only_the_leader_writes(ranks) -> None:
     assert ranks[1]["written"] == []
+
+
+def test_sequence_parallel_ranks_make_the_single_process_video_and_stop_together(sequence_ranks, reference) -> None:
+    status = sequence_ranks[0]["status"]
+    assert "each runs 1/2 of every pass's tokens (sequence-parallel)" in status.placement
+    assert_same_video(sequence_ranks[0]["good"], reference["cfg1"])
+    assert_same_video(sequence_ranks[0]["after_cancel"], reference["cfg1"])
+    assert sequence_ranks[0]["cancelled"][0] == "GenerationCancelled"
+
+
+def test_a_failure_inside_a_sequence_parallel_pass_leaves_the_ranks_out_of_step_and_says_restart(sequence_ranks) -> None:
+    name, message = sequence_ranks[0]["follower_fails"]
+    assert name == "RanksOutOfStep" and "restart" in message
+    assert sequence_ranks[0]["after_out_of_step"][0] == "RanksOutOfStep"  # refused without touching the ranks
+    assert "injected failure on rank 1" in sequence_ranks[1]["ended"] and "restart all ranks" in sequence_ranks[1]["ended"]
 
 
 # -- the launch's flags, without ranks ---------------------------------------------------------------
