@@ -8,7 +8,8 @@ Flags (each also read from an environment variable, flags win):
   --keep-outputs N / PUSA_KEEP_OUTPUTS       --keep-days D / PUSA_KEEP_DAYS (keep everything)
   --weights-dir / PUSA_WEIGHTS_DIR (weights)  --base-dir / PUSA_BASE_DIR   --lora / PUSA_LORA
   --model / PUSA_MODEL {auto,pusa-14b,pusa-tiny,random-tiny} (auto)
-  --placement / PUSA_PLACEMENT {shard,single,offload,cpu}   --fp8 / PUSA_FP8=1
+  --placement / PUSA_PLACEMENT {shard,single,offload,cpu,cfg-parallel,sequence-parallel}   --fp8 / PUSA_FP8=1
+  --collective-timeout SECONDS / PUSA_COLLECTIVE_TIMEOUT (300): under torchrun, how long a rank waits for the others
   --output-dir / PUSA_OUTPUT_DIR (outputs)
   --preset / PUSA_PRESET {quality,fast} (quality): the page's preset; Fast needs the LightX2V LoRA
   --extra-lora PATH[:WEIGHT] (repeatable): another Wan LoRA jobs may stack, at WEIGHT (1) unless they say
@@ -17,12 +18,16 @@ Flags (each also read from an environment variable, flags win):
 The page is up at once; the model loads in the background and the status line says when it is ready.
 Without the real weights, ``auto`` runs the small model shipped in ``weights/pusa-tiny`` (or, when that
 is missing too, a random tiny model) and the page says so.
+
+``torchrun --nproc-per-node 2 app.py [same flags]`` runs every job on 2 ranks (cfg-parallel or
+sequence-parallel): rank 0 serves the page, the others run its jobs with it (:mod:`pusa_core.ranks`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +46,7 @@ from pusa_core.outputs import Retention
 from pusa_core.placement import ENV_VAR as PLACEMENT_ENV
 from pusa_core.placement import KINDS as PLACEMENT_KINDS
 from pusa_core.model_choice import MODELS, choose_engine
+from pusa_core.ranks import DEFAULT_TIMEOUT_SECONDS, TIMEOUT_ENV, TIMEOUT_FLAG, Ranks, check_launch, collective_timeout, launched_ranks
 from pusa_core.speed import check_attention_backend
 from pusa_core.weights import (
     DEFAULT_WEIGHTS_DIR,
@@ -101,6 +107,13 @@ def _extra_lora(text: str) -> LoraSpec:
     if problems := lora_problems(spec.source):
         raise argparse.ArgumentTypeError(problems[0])
     return spec
+
+
+def _collective_timeout(text: str) -> float:
+    try:
+        return collective_timeout(text)
+    except PusaInputError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
 
 
 def _attention_backend(name: str) -> str:
@@ -179,6 +192,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--compile", action="store_true", default=os.environ.get("PUSA_COMPILE", "") == "1",
         help="compile the transformer block with torch.compile (regional: once for all blocks); env PUSA_COMPILE=1",
     )
+    parser.add_argument(
+        TIMEOUT_FLAG, type=_collective_timeout, default=_env(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_SECONDS),
+        metavar="SECONDS", help="under torchrun: how long a rank waits for the others before the job fails "
+        f"with a message (a dead or stopped rank); default 300; env {TIMEOUT_ENV}",
+    )
     args = parser.parse_args(argv)
     if args.preset not in facts.PRESETS:
         parser.error(f"PUSA_PRESET={args.preset!r} is not a preset; choose one of {', '.join(facts.PRESETS)}")
@@ -235,11 +253,12 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def make_engine(args: argparse.Namespace) -> tuple[Engine, str]:
+def make_engine(args: argparse.Namespace, ranks: Ranks | None = None) -> tuple[Engine, str]:
     """The engine for the chosen model, and the notice the page shows about it (empty for the real model)."""
     choice = choose_engine(
         args.model, args.weights_dir, args.base_dir, args.lora, placement=args.placement, fp8=args.fp8,
-        say=lambda text: print(text, flush=True), speed=lambda small: speed_options(args, small), **engine_options(args),
+        say=lambda text: print(text, flush=True), speed=lambda small: speed_options(args, small), ranks=ranks,
+        **engine_options(args),
     )
     if choice.kind == "random":
         fetch = f"\n\n```bash\n{choice.fetch_command}\n```" if choice.fetch_command else ""
@@ -266,13 +285,27 @@ def launch(demo: gr.Blocks, args: argparse.Namespace, block: bool = True) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Serve the app; under torchrun rank 0 serves it and the other ranks run its jobs with it."""
     args = parse_args(argv)
     try:
-        engine, notice = make_engine(args)
+        check_launch(args.placement, launched_ranks())
+    except PusaInputError as err:
+        sys.exit(f"pusa studio: {err}")
+    ranks = Ranks.join(args.collective_timeout)
+    try:
+        engine, notice = make_engine(args, ranks)
     except (WeightsError, PusaInputError) as err:
         sys.exit(f"pusa studio: {err}")
+    if not ranks.leader:
+        # Ctrl-C ends this rank at once, even inside a collective; rank 0 ends with its own.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        engine.follow(say=ranks.say)
+        return
     engine.start()
-    launch(build_app(engine, notice), args)
+    try:
+        launch(build_app(engine, notice), args)
+    finally:
+        ranks.leave()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ No UI code lives here. What the app uses:
 - ``pusa_core.errors``: ``PusaInputError``, ``GenerationCancelled``, ``JobTimedOut``, ``EngineNotReady``
 - ``pusa_core.weights``: ``resolve_model_source``, ``preflight``, ``ModelSource``
 - ``pusa_core.media``: ``read_settings``
+- ``pusa_core.ranks``: ``Ranks`` (``join``, ``leave``; ``Engine.follow`` on the other ranks), the ranks of a
+  ``torchrun`` launch that run every job together
 
 Submodules are imported on demand so command-line tools (``python -m pusa_core.download``) start fast.
 """

@@ -24,11 +24,14 @@ from .conditioning import plan_request
 from .continuation import JoinedVideo, check_continuation, write_joined
 from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
-from .job import GenerationResult, JobRunner, Progress, ProgressCallback
+from .job import GenerationResult, JobRunner, Progress, ProgressCallback, SampleResult, Sampler, SamplingJob, local_sampler
 from .loading import PusaComponents, load_components, source_defaults, source_example_prompts, source_noise_multiplier
 from .outputs import OutputFolder, Retention
+from .parallel import CfgParallel, RanksOutOfStep, SequenceParallel, parallel_guidance
 from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
+from .ranks import Ranks
 from .requests import Request, Settings, VideoToVideo, preset_settings
+from .sampling import Deadline, StepCallback, sample
 from .speed import apply_speed_options, check_attention_backend
 from .weights import ModelSource
 
@@ -98,12 +101,16 @@ class Engine:
         speed: SpeedOptions = SpeedOptions(),
         example_prompts: tuple[str, ...] = (),
         noise_multiplier: float = DEFAULT_NOISE_MULTIPLIER,
+        ranks: Ranks | None = None,
     ) -> None:
         """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one);
         ``example_prompts``: prompts the model knows how to follow (the small model's), shown as examples;
-        ``noise_multiplier``: the model's own, known before it loads (the page shows it at once)."""
+        ``noise_multiplier``: the model's own, known before it loads (the page shows it at once);
+        ``ranks``: the processes of a torchrun launch that run every job together (default: this one alone)."""
         self.jobs = JobRunner(OutputFolder(Path(output_dir), retention), max_job_seconds, clock)
         self.speed = speed
+        self.ranks = ranks if ranks is not None else Ranks()
+        self._guidance: CfgParallel | SequenceParallel | None = None
         self._loras: LoraStack | None = None
         self._loader = loader
         self._model_name = model_name
@@ -127,13 +134,14 @@ class Engine:
         retention: Retention = Retention(),
         max_job_seconds: float | None = None,
         speed: SpeedOptions = SpeedOptions(),
+        ranks: Ranks | None = None,
     ) -> Engine:
         """An engine that loads ``source`` when started. ``placement`` overrides the automatic choice."""
         return cls(
             lambda: load_components(source), output_dir, source.name, source.is_small,
             placement=placement, fp8=fp8, defaults=source_defaults(source), retention=retention,
             max_job_seconds=max_job_seconds, speed=speed, example_prompts=source_example_prompts(source),
-            noise_multiplier=source_noise_multiplier(source),
+            noise_multiplier=source_noise_multiplier(source), ranks=ranks,
         )
 
     @classmethod
@@ -143,11 +151,13 @@ class Engine:
         max_job_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         speed: SpeedOptions = SpeedOptions(),
+        ranks: Ranks | None = None,
     ) -> Engine:
         return cls(
             lambda: components, output_dir, components.name, components.is_small, placement,
             defaults=components.defaults, retention=retention, max_job_seconds=max_job_seconds, clock=clock,
             speed=speed, example_prompts=components.example_prompts, noise_multiplier=components.noise_multiplier,
+            ranks=ranks,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -172,14 +182,21 @@ class Engine:
                 components.transformer, self.speed.loras, components.has_lora, components.pristine,
                 merge_blocker(self._placement),
             )
+            if self.ranks.parallel:
+                self._guidance = parallel_guidance(
+                    components.transformer, self._placement.cfg_degree, self._placement.sequence_degree
+                )
         except Exception as err:  # any load failure must reach the status line, not kill the app
             self._state, self._message = "failed", f"could not load {self._model_name}: {err}"
             return
         self._components = components
         self._state = "ready"
+        ranks = f" on {self.ranks.world_size} ranks" if self.ranks.parallel else ""
         self._message = (
-            f"{components.name} ready (loaded in {time.perf_counter() - t0:.1f} s); {self._loras.describe()}"
+            f"{components.name} ready{ranks} (loaded in {time.perf_counter() - t0:.1f} s); {self._loras.describe()}"
         )
+        if self.ranks.leader:
+            self.ranks.start_keep_alive()
 
     def _place(self, c: PusaComponents) -> tuple[Placement, StageDevices]:
         """Choose where each component runs for this machine, from the loaded models' own sizes."""
@@ -192,8 +209,18 @@ class Engine:
         )
         d = c.defaults
         job = JobSize(d.width, d.height, d.num_frames) if c.is_small else REFERENCE_JOB
-        placement = choose_placement(detect_gpus(), job=job, requested=self._requested_placement, options=options)
-        return placement, apply_placement(placement, c.transformer, c.text_encoder, c.vae)
+        # The page's default cfg: at cfg 1 there is no second pass for a second rank to run.
+        cfg = self.preset_defaults(self.speed.preset).cfg
+        placement = choose_placement(detect_gpus(), job=job, requested=self._requested_placement, options=options,
+                                     cfg=cfg, ranks=self.ranks.world_size)
+        devices = apply_placement(placement, c.transformer, c.text_encoder, c.vae,
+                                  rank=self.ranks.rank if self.ranks.parallel else None)
+        if self.ranks.parallel and (placement.memory.text_device, placement.memory.vae_device) != (
+            placement.memory.devices[0].device, placement.memory.devices[0].device
+        ) and placement.gpus:
+            raise RuntimeError(f"the {placement.kind} plan puts the text encoder or the VAE on a rank other than 0, "
+                               "and only rank 0 runs them; give rank 0 the GPU with the most free memory")
+        return placement, devices
 
     def wait_ready(self, timeout: float | None = None) -> EngineStatus:
         if self._thread is None:
@@ -262,8 +289,8 @@ class Engine:
             try:
                 assert self._placement is not None and self._devices is not None and self._loras is not None
                 return self.jobs.run(
-                    components, self._placement, self._devices, self._loras, request, plan,
-                    progress or (lambda p: None), cancel, preview,
+                    components, self._placement, self._devices, self._sampler(components, request.settings), request,
+                    plan, progress or (lambda p: None), cancel, preview,
                 )
             except torch.OutOfMemoryError:
                 gc.collect()
@@ -293,3 +320,66 @@ class Engine:
         """Write ``original`` joined to ``part_video``, a continuation of it in the output folder (its settings
         JSON beside it says which frames repeat the original)."""
         return write_joined(self.outputs, original, part_video, json.loads(part_video.with_suffix(".json").read_text()))
+
+    # -- ranks under torchrun --------------------------------------------------------------------
+    def _sampler(self, c: PusaComponents, s: Settings) -> Sampler:
+        """How this job samples: here alone, or sent to every rank and sampled together."""
+        assert self._loras is not None
+        if not self.ranks.parallel:
+            return local_sampler(c.transformer, self._loras)
+        assert self._placement is not None
+        self.ranks.check_in_step()
+        if s.cfg == 1.0 and self._placement.cfg_degree == 2:
+            raise PusaInputError(
+                "cfg", f"these {self.ranks.world_size} ranks run cfg-parallel (one guidance pass each), and at cfg 1 "
+                "there is no second pass; raise cfg above 1, or restart with --placement sequence-parallel for cfg 1"
+            )
+
+        def run(job: SamplingJob, callback: StepCallback, cancel: threading.Event | None,
+                deadline: Deadline | None) -> SampleResult:
+            with self.ranks.job(job.to(torch.device("cpu"))):
+                return self._sample_on_ranks(c, job, callback, cancel, deadline)
+
+        return run
+
+    def _sample_on_ranks(self, c: PusaComponents, job: SamplingJob, callback: StepCallback | None,
+                         cancel: threading.Event | None, deadline: Deadline | None) -> SampleResult:
+        """Every rank: this job's LoRAs, then the loop with the placement's guidance, stopping together."""
+        guidance, loras, s = self._guidance, self._loras, job.settings
+        assert guidance is not None and loras is not None
+        guidance.failure = None
+        # A failure here is kept, not raised: the first step's agreement ends the job on every rank.
+        guidance.attempt(loras.use, s)
+        guidance.attempt(self.ranks.before_sampling, s, c.transformer)
+        try:
+            return sample(c.transformer, job.noise, job.cond_latents, job.multipliers, job.positive, job.negative,
+                          s.steps, s.cfg, s.shift, callback=callback, cancel=cancel, deadline=deadline,
+                          guidance=guidance)
+        except RanksOutOfStep:
+            raise
+        except Exception as error:
+            if error is guidance.agreed_stop or isinstance(error, PusaInputError):
+                raise
+            raise self.ranks.out_of_step(error) from error  # a collective failed or timed out
+
+    def follow(self, say: Callable[[str], None] = lambda text: None) -> None:
+        """A follower rank: load the models, then run each job rank 0 sends until it leaves.
+
+        Raises RuntimeError when the models do not load, and :class:`RanksOutOfStep` when a
+        collective fails; a job that all ranks stopped together is told to ``say`` and the next awaited.
+        """
+        self._load()
+        components, devices = self._components, self._devices
+        if components is None or devices is None:
+            raise RuntimeError(self._message)
+        say(self._message)
+
+        def run(job: SamplingJob) -> None:
+            try:
+                self._sample_on_ranks(components, job.to(devices.transformer_device), None, None, None)
+            except RanksOutOfStep:
+                raise
+            except Exception as error:  # stopped on every rank; rank 0 reports it to its user
+                say(f"job stopped: {type(error).__name__}: {error}")
+
+        self.ranks.follow(run)

@@ -23,13 +23,13 @@ errors, each refused input as one line ``generate: <field>: <message>`` (``gener
 when a flag or a job's input was refused (a bad flag stops everything; a bad job line only that
 job), 1 when a job failed otherwise (the model did not load, out of memory).
 
-torchrun: the command runs unchanged under ``torchrun --nproc-per-node N``. Only rank 0 writes
-files and prints. The rank is torch.distributed's when a process group is initialised, else
-torchrun's ``RANK`` from the environment, else 0 (``LOCAL_RANK`` and ``WORLD_SIZE``, which GPU and
-how many ranks, are the engine's business, not the writer's). Every other rank checks
-and runs the same jobs in the same order, so a placement that spreads one job over the ranks has
-every rank at every step, but its engine writes into a temporary folder that is deleted, and it
-prints nothing; its exit status is rank 0's for the same inputs.
+torchrun: the command runs unchanged under ``torchrun --nproc-per-node N`` (cfg-parallel or
+sequence-parallel; ``--collective-timeout`` / ``PUSA_COLLECTIVE_TIMEOUT`` bounds how long a rank
+waits for the others). Only rank 0 writes files and prints. The rank is torch.distributed's when a
+process group is initialised, else torchrun's ``RANK`` from the environment, else 0. Every rank
+checks the same jobs and loads the model; rank 0 runs them, and the other ranks run each one with
+it as it is sent (:mod:`pusa_core.ranks`) until rank 0 is done. A refused input gives every rank
+rank 0's exit status; a job that fails is rank 0's to report.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ import torch.distributed as dist
 
 from .conditioning import parse_multipliers, parse_number, parse_positions, parse_size, plan_request, validate_settings
 from .engine import Engine, OutOfMemory, Progress
-from .errors import EngineNotReady, JobTimedOut, PusaInputError
+from .errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
+from .parallel import RankFailed, RanksOutOfStep
 from .model_choice import MODELS, choose_engine
 from .outputs import OutputFolder
 from .placement import KINDS as PLACEMENT_KINDS
+from .ranks import TIMEOUT_ENV, TIMEOUT_FLAG, Ranks, check_launch, collective_timeout, launched_ranks
 from .requests import TASKS, Request, Settings, request_from_dict
 from .weights import DEFAULT_WEIGHTS_DIR, WeightsError
 
@@ -70,7 +72,8 @@ INPUT_NAMES = tuple(dict.fromkeys(name for names in TASK_INPUTS.values() for nam
 JOB_NAMES = ("task", *SETTINGS_NAMES, "lora_alpha", "size", *INPUT_NAMES, "out")
 # Engine field names the command line calls otherwise.
 CLI_NAMES = {"num_frames": "frames", "lora_alpha": "alpha", "width": "size", "height": "size"}
-FLAG_ONLY = ("jobs", "overwrite", "model", "weights_dir", "base_dir", "lora", "placement", "fp8", "output_dir")
+FLAG_ONLY = ("jobs", "overwrite", "model", "weights_dir", "base_dir", "lora", "placement", "fp8", "output_dir",
+             "collective_timeout")
 INPUT_FAILED, JOB_FAILED = 2, 1
 
 
@@ -189,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lora", type=Path, help="the Pusa V1 LoRA file (pusa_v1.pt)")
     run.add_argument("--placement", choices=PLACEMENT_KINDS, help="where the model runs (default: chosen for this machine)")
     run.add_argument("--fp8", action="store_true", help="store the 14B transformer's weights in fp8")
+    run.add_argument(TIMEOUT_FLAG, dest="collective_timeout", metavar="SECONDS",
+                     help=f"under torchrun: how long a rank waits for the others (default 300; env {TIMEOUT_ENV})")
     return p
 
 
@@ -374,7 +379,7 @@ def _progress_printer(console: Console, label: str) -> Callable[[Progress], None
     return show
 
 
-def run_jobs(engine: Engine, jobs: Sequence[Job], console: Console, output_dir: Path, overwrite: bool, writes: bool) -> int:
+def run_jobs(engine: Engine, jobs: Sequence[Job], console: Console, output_dir: Path, overwrite: bool) -> int:
     """Run ``jobs`` one after the other; a failed job is reported and the next one runs. Returns the exit status."""
     status = 0
     for i, job in enumerate(jobs, 1):
@@ -385,17 +390,13 @@ def run_jobs(engine: Engine, jobs: Sequence[Job], console: Console, output_dir: 
                      f"{job.out or output_dir}")
         try:
             result = engine.generate(job.request, _progress_printer(console, label))
-            if not writes:  # the same job ran here for the ranks' sake; rank 0 keeps the video
-                result.video_path.unlink()
-                result.settings_path.unlink()
-                continue
             target = job.out or OutputFolder(output_dir).video_path(job.request.task, result.seed)
             _publish(result.video_path, result.settings_path, target, overwrite)
         except PusaInputError as err:
             console.note(error_line(err, job.place))
             status = status or INPUT_FAILED
             continue
-        except (OutOfMemory, JobTimedOut, EngineNotReady) as err:
+        except (OutOfMemory, JobTimedOut, EngineNotReady, GenerationCancelled, RankFailed, RanksOutOfStep) as err:
             console.note(f"generate: {job.place or 'job'}: {err}")
             status = JOB_FAILED
             continue
@@ -416,8 +417,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PusaInputError as err:
         console.note(error_line(err, None))
         return INPUT_FAILED
-    with tempfile.TemporaryDirectory(prefix="pusa-generate-") as staging:
-        return _run(args, console, Path(staging), writes=rank == 0)
+    try:
+        timeout = collective_timeout(args.collective_timeout or os.environ.get(TIMEOUT_ENV))
+        check_launch(args.placement, launched_ranks())
+    except PusaInputError as err:
+        console.note(error_line(err, None))
+        return INPUT_FAILED
+    ranks = Ranks.join(timeout)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pusa-generate-") as staging:
+            return _run(args, console, Path(staging), ranks)
+    finally:
+        ranks.leave()
 
 
 def _specs(args: argparse.Namespace, defaults: Settings) -> list[JobSpec | Refused]:
@@ -428,11 +439,11 @@ def _specs(args: argparse.Namespace, defaults: Settings) -> list[JobSpec | Refus
     return read_job_lines(args.jobs, flags)
 
 
-def _run(args: argparse.Namespace, console: Console, staging: Path, writes: bool) -> int:
+def _run(args: argparse.Namespace, console: Console, staging: Path, ranks: Ranks) -> int:
     found: list[str] = []  # what the weights check says, told once the jobs are accepted
     try:
         choice = choose_engine(args.model, args.weights_dir, args.base_dir, args.lora, output_dir=staging,
-                               placement=args.placement, fp8=args.fp8, say=found.append)
+                               placement=args.placement, fp8=args.fp8, say=found.append, ranks=ranks)
     except WeightsError as err:
         console.note(error_line(PusaInputError("model", " ".join(str(err).split())), None))
         return INPUT_FAILED
@@ -450,6 +461,9 @@ def _run(args: argparse.Namespace, console: Console, staging: Path, writes: bool
         console.note(text)
     if choice.kind == "random":
         console.note(f"note: running a random, untrained tiny model: its videos are noise. {choice.reason}")
+    if not ranks.leader:
+        engine.follow()  # runs rank 0's jobs with it until rank 0 is done
+        return status
     loaded = engine.wait_ready()
     if loaded.state != "ready":
         console.note(f"generate: model: {loaded.message}")
@@ -458,7 +472,7 @@ def _run(args: argparse.Namespace, console: Console, staging: Path, writes: bool
     # Built again with the loaded model's defaults (the small model's noise multiplier is read as it loads).
     accepted, late = _accepted([spec for spec, _ in accepted], engine, args.overwrite, console)
     jobs = [job for _, job in accepted]
-    return run_jobs(engine, jobs, console, args.output_dir, args.overwrite, writes) or late or status
+    return run_jobs(engine, jobs, console, args.output_dir, args.overwrite) or late or status
 
 
 def _accepted(

@@ -34,7 +34,7 @@ from .outputs import OutputFolder
 from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_job
 from .preview import decoded_strip, linear_strip
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
-from .sampling import Deadline, StepReport, sample
+from .sampling import Deadline, SampleResult, StepCallback, StepReport, sample
 from .text import encode_prompts, token_count
 
 # Share of a job's wall time each phase is expected to take, for one progress bar across phases.
@@ -54,6 +54,46 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class SamplingJob:
+    """What sampling one job takes: the job's settings and the tensors computed before the loop.
+
+    Under torchrun the leader computes them once and sends them to every rank (:mod:`pusa_core.ranks`).
+    """
+
+    settings: Settings
+    noise: torch.Tensor
+    cond_latents: dict[int, torch.Tensor]
+    multipliers: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+
+    def to(self, device: torch.device) -> SamplingJob:
+        """The same job with every tensor on ``device``."""
+        return SamplingJob(
+            self.settings, self.noise.to(device), {p: z.to(device) for p, z in self.cond_latents.items()},
+            self.multipliers.to(device), self.positive.to(device),
+            None if self.negative is None else self.negative.to(device),
+        )
+
+
+# Samples one job on this process: its LoRA stack applied, the loop run (on every rank under torchrun).
+Sampler = Callable[[SamplingJob, StepCallback, threading.Event | None, Deadline | None], SampleResult]
+
+
+def local_sampler(transformer: torch.nn.Module, loras: LoraStack) -> Sampler:
+    """One process: both guidance passes here."""
+
+    def run(job: SamplingJob, callback: StepCallback, cancel: threading.Event | None,
+            deadline: Deadline | None) -> SampleResult:
+        s = job.settings
+        loras.use(s)  # a no-op when the adapters and weights are those of the last job
+        return sample(transformer, job.noise, job.cond_latents, job.multipliers, job.positive, job.negative,
+                      s.steps, s.cfg, s.shift, callback=callback, cancel=cancel, deadline=deadline)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -96,14 +136,17 @@ class JobRunner:
         c: PusaComponents,
         placement: Placement,
         devices: StageDevices,
-        loras: LoraStack,
+        sampler: Sampler,
         request: Request,
         plan: Conditioning,
         progress: ProgressCallback,
         cancel: threading.Event | None,
         preview: bool = False,
     ) -> GenerationResult:
-        """``preview``: each step's progress carries a strip of the clean estimate (see :mod:`pusa_core.preview`)."""
+        """``preview``: each step's progress carries a strip of the clean estimate (see :mod:`pusa_core.preview`).
+
+        ``sampler`` runs the loop (:func:`local_sampler`, or every rank's under torchrun).
+        """
         s = request.settings
         memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames))
         if memory.verdict != "ok":
@@ -134,8 +177,6 @@ class JobRunner:
         cond_latents = {p: z.to(device) for p, z in encoded.items()}
         notes += input_notes
 
-        loras.use(s)  # a no-op when the adapters and weights are those of the last job
-
         shape = (1, c.transformer.config.in_channels, plan.num_latent_frames, s.height // SPATIAL_COMPRESSION, s.width // SPATIAL_COMPRESSION)
         noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)).to(device)
 
@@ -149,10 +190,8 @@ class JobRunner:
             report("denoise", r.step / r.total, f"step {r.step}/{r.total}", step=r.step, total=r.total, eta=eta, preview=strip)
 
         report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
-        result = sample(
-            c.transformer, noise, cond_latents, plan.multiplier_vector(), positive, negative,
-            s.steps, s.cfg, s.shift, callback=on_step, cancel=cancel, deadline=deadline,
-        )
+        job = SamplingJob(s, noise, cond_latents, plan.multiplier_vector(), positive, negative)
+        result = sampler(job, on_step, cancel, deadline)
         check_time(s.steps)
 
         report("decode", 0.0, "decoding frames")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .engine import Engine, SpeedOptions
 from .outputs import Retention
+from .ranks import Ranks
 from .tiny_models import random_tiny_components
 from .weights import MODEL_CHOICES, WeightsError, preflight, resolve_model_source
 
@@ -43,10 +44,13 @@ def choose_engine(
     max_job_seconds: float | None = None,
     say: Callable[[str], None] = lambda text: None,
     speed: Callable[[bool], SpeedOptions] | None = None,
+    ranks: Ranks | None = None,
 ) -> ModelChoice:
     """An engine (not started) for the chosen model. ``say`` hears the weights check's summary first;
-    ``speed`` gives the job options (preset, stacked LoRAs, GPU options) for a small model or not."""
-    options = {"output_dir": output_dir, "placement": placement, "retention": retention, "max_job_seconds": max_job_seconds}
+    ``speed`` gives the job options (preset, stacked LoRAs, GPU options) for a small model or not;
+    ``ranks``: the torchrun ranks that run every job together (default: this process alone)."""
+    options = {"output_dir": output_dir, "placement": placement, "retention": retention,
+               "max_job_seconds": max_job_seconds, "ranks": ranks}
 
     def job_options(small: bool) -> dict[str, Any]:
         return {"speed": speed(small)} if speed is not None else {}

@@ -1,4 +1,4 @@
-"""``python -m pusa_core.generate``: every task to OUT.mp4 + OUT.json, refusals as one line, --jobs, torchrun ranks."""
+"""``python -m pusa_core.generate``: every task to OUT.mp4 + OUT.json, refusals as one line, --jobs, under torchrun."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pusa_core.generate import main
 from pusa_core.media import read_video
+from tests.support.processes import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -150,23 +151,22 @@ def test_jobs_refuses_one_out_for_every_line(tmp_path: Path, capsys: pytest.Capt
     )
 
 
-def test_rank_1_runs_but_writes_and_prints_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    staging_root = tmp_path / "tmp"
-    staging_root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(staging_root))
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_under_torchrun_every_rank_runs_the_job_and_only_rank_0_writes_and_prints(tmp_path: Path) -> None:
+    argv = [*TINY, *TASK_ARGS["i2v"], "--prompt", "x", "--seed", "5", "--output-dir", str(tmp_path / "outputs")]
+    single = tmp_path / "single.mp4"
+    assert main([*argv, "--out", str(single)]) == 0
     out = tmp_path / "videos" / "clip.mp4"
-    argv = [*TINY, *TASK_ARGS["i2v"], "--prompt", "x", "--output-dir", str(tmp_path / "outputs")]
-    assert generate(capsys, *argv, "--out", str(out)) == (0, "", "")
-    assert generate(capsys, *argv) == (0, "", "")  # no --out: not into --output-dir either
-    assert generate(capsys, *argv, "--frames", "10") == (2, "", "")  # refused the same as rank 0, silently
-    assert files_under(tmp_path) == []
-    monkeypatch.setenv("RANK", "0")
-    status, stdout, _ = generate(capsys, *argv, "--out", str(out))
-    assert status == 0 and stdout.startswith(f"{out}\t") and out.is_file()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pusa_core.generate", *argv, "--out", str(out)],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert RESULT_LINE.match(done.stdout) and done.stdout.count("\n") == 1  # one line: rank 0's
+    assert "ready on 2 ranks" in done.stderr and "[rank 1]" not in done.stderr
+    assert files_under(tmp_path / "videos") == ["clip.json", "clip.mp4"]
+    assert not (tmp_path / "outputs").exists()
+    assert np.abs(read_video(out)[0].astype(int) - read_video(single)[0].astype(int)).max() <= 1
 
 
 def test_the_module_runs_as_a_command() -> None:

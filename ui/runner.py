@@ -20,6 +20,7 @@ import numpy as np
 
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
+from pusa_core.parallel import RankFailed, RanksOutOfStep
 from pusa_core.requests import Request, Settings
 from ui.form import parse_size
 from ui.zerogpu import ZeroGpuJob, wrap_for_zerogpu
@@ -204,6 +205,11 @@ class Runner:
             raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.", title="Time limit", print_exception=False) from None
         except EngineNotReady as err:
             raise gr.Error(f"{err}.", title="Model not ready", print_exception=False) from None
+        except RankFailed as err:
+            raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}. Nothing was saved; every rank is ready for the "
+                           "next job.", title="A rank failed", print_exception=False) from None
+        except RanksOutOfStep as err:
+            raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.", title="Ranks out of step", print_exception=False) from None
         except Exception as err:  # the UI boundary: an unexpected failure is reported, the app keeps serving
             log.exception("generation failed")
             raise gr.Error(
