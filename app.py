@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (WeightsError, PusaInputError) as err:
         sys.exit(f"pusa studio: {err}")
     engine.start()
-    launch(build_app(engine, notice), args)
+    launch(build_app(engine, notice, max_queue=args.max_queue), args)
 
 
 if __name__ == "__main__":

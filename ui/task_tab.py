@@ -19,8 +19,9 @@ from pusa_core import facts
 from pusa_core.requests import Request, Settings
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
+from ui.batch_panel import BatchControls, batch_controls
 from ui.schedule_plot import schedule_html
-from ui.widgets import SHARED_NAMES, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
+from ui.widgets import SHARED_NAMES, OutputPanel, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
 PREVIEW_SECONDS = 0.5  # how often the page fetches the latest step preview while a job runs
 # What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
@@ -60,6 +61,12 @@ class TabForm:
     components: tuple[gr.components.Component, ...]
     controls: SharedControls
     noise_multiplier: gr.components.Component | None
+    panel: OutputPanel
+    batch: BatchControls  # wired by the page to its batch queue (ui.batch_panel.wire_batch)
+
+    def build_request(self, values: dict[str, Any]) -> Request:
+        """The request these form values (keyed by handler parameter name) ask for."""
+        return self.spec.to_request(values, build_settings(values))
 
     @property
     def task(self) -> str:
@@ -139,6 +146,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
+            batch = batch_controls(spec.task)
         with gr.Column():
             panel = output_panel(spec.task)
 
@@ -191,4 +199,4 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     for trigger in schedule_inputs:
         trigger.change(draw, schedule_inputs, schedule, queue=False, api_visibility="private")
     noise = own.components.get("noise_multiplier")
-    return TabForm(spec, names, components, controls, noise)
+    return TabForm(spec, names, components, controls, noise, panel, batch)
