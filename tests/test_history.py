@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from pusa_core.errors import PusaInputError
 from pusa_core.history import MAX_PER_PAGE, History
 from pusa_core.media import write_mp4
 from pusa_core.outputs import OutputFolder, Retention
+from tests.support.server import SMALL, task_inputs
 
 BASE_TIME = 1_780_000_000
 
@@ -136,3 +138,21 @@ def test_orphan_thumbnails_go_and_a_video_that_will_not_decode_has_none(tmp_path
     broken.write_bytes(b"not a video")
     history = History(OutputFolder(tmp_path))
     assert history.thumbnail(history.find(broken.name)) is None
+
+
+def test_history_through_gradio_client_pages_newest_first_and_refuses_bad_pages(server) -> None:
+    seeds = []
+    for seed in (101, 102):
+        _, _, used, _ = server.client.predict(**task_inputs("t2v"), **SMALL, seed=seed, randomize_seed=False, api_name="/t2v")
+        seeds.append(used)
+    listed = server.client.predict(page=1, per_page=1, api_name="/history")
+    assert (listed["page"], listed["per_page"]) == (1, 1) and listed["total"] >= 2 and listed["pages"] == listed["total"]
+    newest = listed["entries"][0]
+    assert newest["seed"] == 102 and newest["task"] == "t2v" and newest["prompt"] == task_inputs("t2v")["prompt"]
+    assert (newest["frames"], newest["seconds"]) == (9, 9 / newest["fps"])
+    assert (server.output_dir / newest["name"]).is_file()
+    assert server.client.predict(page=2, per_page=1, api_name="/history")["entries"][0]["seed"] == 101
+    for page, per_page, message in [(0, 12, "page must be 1 or more, got 0"), (1, 49, "per_page must be from 1 to 48, got 49")]:
+        with pytest.raises(AppError) as refused:
+            server.client.predict(page=page, per_page=per_page, api_name="/history")
+        assert str(refused.value).startswith(message)

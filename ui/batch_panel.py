@@ -1,7 +1,7 @@
 """The page side of batches: the controls under each tab's Generate, the queue view, and the loop that runs them.
 
 A click on "Queue batch" checks every job (a bad one refuses the whole batch, naming the field),
-queues them in the :class:`~ui.batch.BatchQueue`, and bumps the tab's ``kick`` state. A change of
+queues them in the :class:`~ui.batch.BatchQueue`, and bumps the tab's ``kick`` counter. A change of
 ``kick`` runs the session's next job of that tab as one event of the shared GPU queue; when it ends
 and more are queued, ``kick`` is bumped again. So each job waits at the back of the GPU queue, behind
 everyone else's, and each writes its own output. The queue view (a table refreshed once a second
@@ -65,6 +65,7 @@ def batch_controls(task: str) -> BatchControls:
 class QueueView:
     """This session's batch jobs, with per-job cancel."""
 
+    box: gr.Accordion
     table: gr.Dataframe
     job: gr.Dropdown
     cancel: gr.Button
@@ -74,16 +75,17 @@ class QueueView:
 
 
 def queue_view() -> QueueView:
-    """Rendered where called."""
-    table = gr.Dataframe(
-        headers=COLUMNS, value=[], interactive=False, label="Your batch jobs (this page only)", elem_id="queue-table",
-        wrap=True,
-    )
-    with gr.Row():
-        job = gr.Dropdown([], value=None, label="Job", elem_id="queue-job", scale=3)
-        cancel = gr.Button("Cancel this job", variant="stop", elem_id="queue-cancel", scale=1)
-    message = gr.Markdown(elem_id="queue-message")
-    return QueueView(table, job, cancel, message, gr.Timer(QUEUE_SECONDS, active=False), gr.State([]))
+    """Rendered where called: an accordion that opens when a batch is queued."""
+    with gr.Accordion("Queue: your batch jobs", open=False, elem_id="queue") as box:
+        table = gr.Dataframe(
+            headers=COLUMNS, value=[], interactive=False, label="Your batch jobs (this page only)", elem_id="queue-table",
+            wrap=True,
+        )
+        with gr.Row():
+            job = gr.Dropdown([], value=None, label="Job", elem_id="queue-job", scale=3)
+            cancel = gr.Button("Cancel this job", variant="stop", elem_id="queue-cancel", scale=1)
+        message = gr.Markdown(elem_id="queue-message")
+    return QueueView(box, table, job, cancel, message, gr.Timer(QUEUE_SECONDS, active=False), gr.State([]))
 
 
 def _short(text: str) -> str:
@@ -183,10 +185,11 @@ def wire_batch(
     task: str, tab: str, names: Sequence[str], components: Sequence[gr.components.Component],
     build: Callable[[dict[str, Any]], Request], controls: BatchControls, panel: OutputPanel,
     queue: BatchQueue, runner: Runner, view: QueueView, rng: random.Random | None = None,
-) -> gr.State:
-    """Wire one tab's batch button to the queue and its run loop; returns the tab's ``kick`` state."""
+) -> gr.Number:
+    """Wire one tab's batch button to the queue and its run loop; returns the tab's ``kick`` counter."""
     rng = rng or random.Random()
-    kick = gr.State(0)
+    # A hidden number, not a gr.State: the page fires .change for a component a handler updated, not for a State.
+    kick = gr.Number(0, precision=0, visible=False)
 
     def queue_batch(data: dict[gr.components.Component, Any], request: gr.Request) -> list[Any]:
         session = _session(request)
@@ -195,12 +198,13 @@ def wire_batch(
         seeds = ", ".join("random" if job.seed is None else str(job.seed) for job in jobs)
         note = f"Queued {len(jobs)} {tab} job{'s' if len(jobs) > 1 else ''} (seeds {seeds}); each runs in turn in the GPU queue."
         bump = data[kick] + 1 if start else gr.skip()
-        return [bump, note, *refresh_view(queue, runner, session, [])[:3], gr.Timer(active=True)]
+        return [bump, note, *refresh_view(queue, runner, session, [])[:3], gr.Timer(active=True), gr.Accordion(open=True)]
 
     # A set of inputs: the handler gets them as one dict, whatever the tab's own inputs are.
     controls.button.click(
         queue_batch, {*controls.inputs(), *components, kick},
-        [kick, view.message, view.table, view.job, view.choices, view.timer], queue=False, api_visibility="private",
+        [kick, view.message, view.table, view.job, view.choices, view.timer, view.box], queue=False,
+        api_visibility="private",
     )
 
     async def run_next(request: gr.Request, progress: gr.Progress = gr.Progress()) -> list[Any]:

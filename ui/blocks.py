@@ -160,8 +160,7 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
             api_visibility="undocumented",
         )
 
-        with gr.Accordion("Queue: your batch jobs", open=False, elem_id="queue"):
-            view = queue_view()
+        view = queue_view()
         wire_queue_view(view, batches, runner)
         for form in forms:
             wire_batch(
