@@ -1,5 +1,6 @@
 """History and batches in a real browser: a video made before a restart is listed, plays and loads its
-settings after it; a 3-seed batch makes 3 videos with consecutive seeds, all listed.
+settings after it; a 3-seed batch makes 3 videos with consecutive seeds, all listed. Refreshes
+``docs/history.png`` (the README's picture of the History panel).
 
 Skips, saying why, where ``/usr/bin/chromium`` is not installed (``apt-get install chromium``).
 """
@@ -21,6 +22,7 @@ if not CHROMIUM.is_file():
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (requirements-dev.txt) is not installed")
 PROMPT = "a red ball rolls before the restart"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def open_history(page) -> None:
@@ -63,6 +65,8 @@ def test_history_lists_a_video_after_a_restart_and_clicking_it_plays_it_and_load
             expect(page.locator("#history-message")).to_contain_text(f"Loaded the settings of {Path(name).with_suffix('.json').name} into Text-to-Video")
             expect(page.locator("#t2v-prompt textarea")).to_have_value(PROMPT)  # its tab is shown and filled
             expect(page.locator("#t2v-prompt textarea")).to_be_visible()
+            DOCS.mkdir(exist_ok=True)
+            page.locator("#history").screenshot(path=str(DOCS / "history.png"))  # the README's picture of the panel
     finally:
         demo.close()
 

@@ -52,11 +52,13 @@ def history_panel() -> HistoryPanel:
     with gr.Row():
         with gr.Column(scale=3):
             gallery = gr.Gallery(
-                label="Videos, newest first: click one to play it and load its settings", columns=6, height="auto",
-                allow_preview=False, object_fit="contain", elem_id="history-gallery", interactive=False,
+                label="Videos, newest first: click one to play it and load its settings", columns=4, height="auto",
+                allow_preview=False, fit_columns=False, object_fit="contain", elem_id="history-gallery", interactive=False,
             )
         with gr.Column(scale=2):
-            video = gr.Video(label="Chosen video", interactive=False, autoplay=True, loop=True, elem_id="history-video")
+            video = gr.Video(
+                label="Chosen video", interactive=False, autoplay=True, loop=True, height=320, elem_id="history-video"
+            )
             details = gr.Markdown(elem_id="history-details")
             message = gr.Markdown(elem_id="history-message")
             download = gr.DownloadButton("Download MP4", value=None, interactive=False, elem_id="history-download")
