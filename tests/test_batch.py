@@ -142,3 +142,14 @@ def test_cancelling_the_running_job_stops_it_at_its_next_step(tiny_engine: Engin
     video, _, _, message = asyncio.run(run_and_cancel())
     assert video is None and message.startswith("Batch job 1 of 1: Cancelled after step")
     assert queue.jobs("s3")[0].state == "cancelled" and set(tiny_engine.outputs.root.iterdir()) == before
+
+
+def test_a_loop_that_cannot_go_on_marks_its_queued_jobs_and_the_next_batch_starts_a_new_one(tiny_engine: Engine) -> None:
+    queue = BatchQueue()
+    requests = [build(v) for v in expand(FORM, 3, "increment", False, random.Random(0))]
+    jobs, start = queue.add("s4", "t2v", "Text-to-Video", requests)
+    assert start and queue.add("s4", "t2v", "Text-to-Video", requests[:1])[1] is False  # the loop is already going
+    assert queue.take("s4", "t2v").id == jobs[0].id
+    assert queue.stall("s4", "t2v", "the server's queue was full; queue them again") == 3
+    assert [(j.state, j.result) for j in queue.jobs("s4")][1] == ("failed", "not started: the server's queue was full; queue them again")
+    assert queue.add("s4", "t2v", "Text-to-Video", requests[:1])[1] is True

@@ -152,6 +152,9 @@ def test_history_through_gradio_client_pages_newest_first_and_refuses_bad_pages(
     assert (newest["frames"], newest["seconds"]) == (9, 9 / newest["fps"])
     assert (server.output_dir / newest["name"]).is_file()
     assert server.client.predict(page=2, per_page=1, api_name="/history")["entries"][0]["seed"] == 101
+    named = server.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/history" in named and {"/i2v", "/multiframe", "/v2v", "/t2v", "/cancel"} <= set(named)
+    assert not [name for name in named if "batch" in name or "queue" in name]  # batches are the page's own
     for page, per_page, message in [(0, 12, "page must be 1 or more, got 0"), (1, 49, "per_page must be from 1 to 48, got 49")]:
         with pytest.raises(AppError) as refused:
             server.client.predict(page=page, per_page=per_page, api_name="/history")
