@@ -188,8 +188,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def small_model_notice(summary: str, fetch: str | None) -> str:
-    fetch_line = f"\n\nTo run the real model, fetch its weights and restart the app:\n\n```bash\n{fetch}\n```" if fetch else ""
-    return f"⚠️ **This is a small demo model, not Pusa V1 14B: it shows how the app works, not the quality of Pusa.** It was trained for about an hour on a CPU, on toy clips of moving shapes: its videos are blurry, and its shapes often smear or fade.\n\n{summary}{fetch_line}"
+    """The header accordion's note on the small model; ``summary`` (the weights check) says what is missing."""
+    fetch_line = (f"\n\nTo run the real model, fetch its weights and restart the app:\n\n```bash\n{fetch}\n```"
+                  if fetch and fetch not in summary else "")
+    return (
+        "⚠️ **This is a small demo model, not Pusa V1 14B.** It was trained for about an hour on a CPU, on toy clips "
+        "of one shape moving on a background (the words it knows are listed below): its videos are 64x64 and blurry, "
+        f"and its shapes sometimes smear or fade.\n\n{summary}{fetch_line}"
+    )
 
 
 def random_model_notice(reason: str) -> str:

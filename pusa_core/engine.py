@@ -23,7 +23,7 @@ from .conditioning import Conditioning, plan_request
 from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
 from .job import GenerationResult, JobRunner, Progress, ProgressCallback
-from .loading import PusaComponents, load_components, source_defaults
+from .loading import PusaComponents, load_components, source_defaults, source_example_prompts, source_noise_multiplier
 from .outputs import OutputFolder, Retention
 from .placement import REFERENCE_JOB, JobSize, Placement, PlanOptions, StageDevices, apply_placement, choose_placement, detect_gpus, plan_job
 from .requests import Request, Settings, preset_settings
@@ -49,6 +49,7 @@ class EngineStatus:
     model_name: str
     is_small: bool
     placement: str
+    placement_kind: str = ""  # e.g. "cpu", "single"; empty until placed
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,12 @@ class Engine:
         max_job_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         speed: SpeedOptions = SpeedOptions(),
+        example_prompts: tuple[str, ...] = (),
+        noise_multiplier: float = DEFAULT_NOISE_MULTIPLIER,
     ) -> None:
-        """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one)."""
+        """``max_job_seconds``: a job's time limit (None: none); ``clock`` measures it (tests inject one);
+        ``example_prompts``: prompts the model knows how to follow (the small model's), shown as examples;
+        ``noise_multiplier``: the model's own, known before it loads (the page shows it at once)."""
         self.jobs = JobRunner(OutputFolder(Path(output_dir), retention), max_job_seconds, clock)
         self.speed = speed
         self._loras: LoraStack | None = None
@@ -96,6 +101,8 @@ class Engine:
         self._requested_placement = placement
         self._fp8 = fp8
         self._defaults = defaults
+        self._example_prompts = tuple(example_prompts)
+        self._noise_multiplier = noise_multiplier
         self._components: PusaComponents | None = None
         self._placement: Placement | None = None
         self._devices: StageDevices | None = None
@@ -115,7 +122,8 @@ class Engine:
         return cls(
             lambda: load_components(source), output_dir, source.name, source.is_small,
             placement=placement, fp8=fp8, defaults=source_defaults(source), retention=retention,
-            max_job_seconds=max_job_seconds, speed=speed,
+            max_job_seconds=max_job_seconds, speed=speed, example_prompts=source_example_prompts(source),
+            noise_multiplier=source_noise_multiplier(source),
         )
 
     @classmethod
@@ -129,7 +137,7 @@ class Engine:
         return cls(
             lambda: components, output_dir, components.name, components.is_small, placement,
             defaults=components.defaults, retention=retention, max_job_seconds=max_job_seconds, clock=clock,
-            speed=speed,
+            speed=speed, example_prompts=components.example_prompts, noise_multiplier=components.noise_multiplier,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -190,7 +198,8 @@ class Engine:
 
     def status(self) -> EngineStatus:
         where = f"{self._placement.kind}: {self._placement.reason}" if self._placement else "not placed yet"
-        return EngineStatus(self._state, self._message, self._model_name, self._is_small, where)
+        kind = self._placement.kind if self._placement else ""
+        return EngineStatus(self._state, self._message, self._model_name, self._is_small, where, kind)
 
     def defaults(self) -> Settings:
         """Settings this model is meant to run at (the small model's own size and length), in the start preset."""
@@ -205,8 +214,12 @@ class Engine:
         """Why the Fast preset cannot run (with the command that fixes it), or None when it can."""
         return None if self.speed.loras.lightx2v is not None else self.speed.loras.lightx2v_missing
 
+    def example_prompts(self) -> tuple[str, ...]:
+        """Prompts this model was trained to follow (the small model's captions); empty for the 14B."""
+        return self._example_prompts
+
     def default_noise_multiplier(self) -> float:
-        return self._components.noise_multiplier if self._components is not None else DEFAULT_NOISE_MULTIPLIER
+        return self._components.noise_multiplier if self._components is not None else self._noise_multiplier
 
     def memory_report(self, settings: Settings) -> str:
         """The memory plan for a job of this size under the current placement, in one paragraph."""

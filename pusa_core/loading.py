@@ -53,6 +53,7 @@ class PusaComponents:
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     has_lora: bool = False
     pristine: PristineWeights | None = None
+    example_prompts: tuple[str, ...] = ()  # prompts the model was trained to follow (the small model's captions)
 
     @property
     def lora_rank(self) -> int:
@@ -164,6 +165,22 @@ def source_defaults(source: ModelSource) -> Settings:
     return _tiny_defaults(source.base_dir)[0] if source.kind == "tiny" else Settings()
 
 
+def source_noise_multiplier(source: ModelSource) -> float:
+    """The conditioning noise multiplier a model is meant to run at, readable before it loads."""
+    extra = _tiny_defaults(source.base_dir)[1] if source.kind == "tiny" else {}
+    return float(extra.get("noise_multiplier", DEFAULT_NOISE_MULTIPLIER))
+
+
+def source_example_prompts(source: ModelSource) -> tuple[str, ...]:
+    """The prompts a small model's ``defaults.json`` offers as examples (none for the 14B), readable before it loads."""
+    return _example_prompts(_tiny_defaults(source.base_dir)[1]) if source.kind == "tiny" else ()
+
+
+def _example_prompts(raw: dict[str, Any]) -> tuple[str, ...]:
+    prompts = raw.get("example_prompts", [])
+    return tuple(p for p in prompts if isinstance(p, str)) if isinstance(prompts, list) else ()
+
+
 def _tiny_defaults(folder: Path) -> tuple[Settings, dict[str, Any]]:
     path = folder / "defaults.json"
     raw = json.loads(path.read_text()) if path.is_file() else {}
@@ -197,6 +214,7 @@ def load_components(source: ModelSource, dtype: torch.dtype = torch.bfloat16, al
         noise_multiplier=float(extra.get("noise_multiplier", DEFAULT_NOISE_MULTIPLIER)),
         max_sequence_length=int(extra.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
         pristine=checkpoint_weights(source, dtype),
+        example_prompts=_example_prompts(extra),
     )
     if source.lora_path is not None:
         load_lora(components.transformer, source.lora_path, alpha=defaults.lora_alpha if source.is_small else alpha)

@@ -19,6 +19,7 @@ from .lora import load_lora
 from .facts import LORA_TARGETS
 from .requests import Settings
 from .transformer import PusaTransformer3DModel
+from .training.data import EXAMPLE_PROMPTS
 from .wan_t5 import umt5_config_from_wan
 
 TINY_TRANSFORMER: dict[str, Any] = dict(
@@ -130,4 +131,5 @@ def random_tiny_components(seed: int = 0) -> PusaComponents:
         defaults=Settings(width=64, height=64, num_frames=9, fps=8, steps=2, cfg=3.0, lora_alpha=1.0),
         max_sequence_length=32,
         has_lora=True,
+        example_prompts=EXAMPLE_PROMPTS,  # its videos are noise, but the examples show the small model's kind of input
     )

@@ -1,13 +1,12 @@
 """A real browser on the app: Playwright drives Debian's chromium (headless) through Image-to-Video.
 
-Saves ``test-artifacts/app.png`` and refreshes ``docs/screenshot.png`` (the README's picture).
+Saves ``test-artifacts/app.png`` (the README's picture, of the small model, is taken by test_browser_small.py).
 Skips, saying why, where ``/usr/bin/chromium`` is not installed (``apt-get install chromium``).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +74,8 @@ def page(app_url: str) -> Iterator[object]:
 def test_image_to_video_in_a_browser(page) -> None:
     expect = sync_api.expect
     expect(page.locator("#engine-status")).to_contain_text("Ready", timeout=TIMEOUT_MS)
+    expect(page.locator("#engine-status")).to_contain_text("random tiny model (untrained, for tests)")
+    page.locator("#about").get_by_text("About random tiny model").click()
     expect(page.locator("#model-notice")).to_contain_text("random, untrained tiny model")
 
     page.locator("#i2v-image input[type=file]").set_input_files(str(ROOT / "examples" / "sunset.png"))
@@ -88,8 +89,6 @@ def test_image_to_video_in_a_browser(page) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "app.png"
     page.screenshot(path=str(shot), full_page=True)
-    (ROOT / "docs").mkdir(exist_ok=True)
-    shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
     assert shot.stat().st_size > 10_000
 
 

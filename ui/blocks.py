@@ -1,5 +1,6 @@
-"""The page: status line, model notice, 'load settings', the four task tabs over one runner, this page's
-batch queue, and the history of the output folder (also served as ``/history``).
+"""The page: a one-line header (title and status) over an accordion (what Pusa is, the model notice, the
+words a small model knows), 'load settings', the four task tabs over one runner, this page's batch
+queue, and the history of the output folder (also served as ``/history``).
 
 The page is served before the model is loaded: a ``gr.Timer`` polls the engine's status once a
 second until it is ready (or failed), then stops and puts the model's own defaults into the forms.
@@ -20,6 +21,7 @@ from pusa_core.outputs import OutputFolder
 from ui import i2v, multiframe, t2v, v2v
 from ui.batch import BatchQueue
 from ui.batch_panel import queue_view, wire_batch, wire_queue_view
+from ui.examples import EXAMPLES_DIR, examples_for, words_markdown
 from ui.form import inside
 from ui.history import history_api, history_panel, wire_history
 from ui.runner import Runner, field_message
@@ -27,24 +29,31 @@ from ui.task_tab import TabForm, build_task_tab
 
 SPECS = (i2v.SPEC, multiframe.SPEC, v2v.SPEC, t2v.SPEC)
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 POLL_SECONDS = 1.0
 # Gradio's cache of uploads and served files: every hour, drop what is older than a day.
 CACHE_CLEANUP = (3600, 86400)
+TITLE = "**Pusa Studio**"
 INTRO = (
-    "# Pusa Studio\n"
     "Video generation with [Pusa V1.0](https://huggingface.co/RaphaelLiu/PusaV1): every latent frame gets its own "
-    "noise level, so one model animates an image, joins keyframes, extends or completes a video, or starts from text."
+    "noise level, so one model animates an image, joins keyframes, extends or completes a video, or starts from text. "
+    "Pick a tab, click an example beside its inputs, press Generate."
 )
 
 
 def status_line(status: EngineStatus) -> str:
-    model = f"{status.model_name}" + (" (small model)" if status.is_small else "")
+    """The header's one line: the title, the state and the model (whose name says when it is a small one)."""
     if status.state == "loading":
-        return f"Status: **Loading** {model}: {status.message}. You can fill in the form now; Generate works once this says Ready."
+        return (f"{TITLE} · **Loading** {status.model_name}: {status.message}. Fill in the form now; "
+                "Generate works once this says Ready.")
     if status.state == "failed":
-        return f"Status: **the model failed to load.** {status.message}"
-    return f"Status: **Ready**: {model} · {status.placement}"
+        return f"{TITLE} · **The model failed to load.** {status.message}"
+    return f"{TITLE} · **Ready** · {status.model_name} · runs on {status.placement_kind or status.placement}"
+
+
+def about_label(status: EngineStatus) -> str:
+    if status.is_small:
+        return f"About {status.model_name}: not Pusa 14B; the words it knows; how to get the real model"
+    return "About Pusa Studio and this model"
 
 
 RESTORE_NOTE = " Input media recorded in this file was not brought back: upload it again."
@@ -96,8 +105,9 @@ def _load_settings(forms: list[TabForm], outputs: OutputFolder, path: str | None
 
 
 def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DIR, max_queue: int | None = None) -> gr.Blocks:
-    """The Blocks for ``engine`` (started or not); ``notice`` is shown under the title (e.g. 'small model').
+    """The Blocks for ``engine`` (started or not); ``notice`` goes in the header's accordion (e.g. 'small model').
 
+    ``examples_dir`` holds the 14B's example pictures; a small model's are drawn for it (see ui.examples).
     ``max_queue`` (the app's --max-queue) also bounds the batch jobs waiting across all visitors.
     """
     runner = Runner(engine)
@@ -106,11 +116,15 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
     status = engine.status()
     defaults = engine.defaults()
     noise_multiplier = engine.default_noise_multiplier()
+    examples = examples_for(engine, examples_dir)
     with gr.Blocks(title="Pusa Studio", delete_cache=CACHE_CLEANUP) as demo:
-        gr.Markdown(INTRO)
-        if notice:
-            gr.Markdown(notice, elem_id="model-notice")
         status_md = gr.Markdown(status_line(status), elem_id="engine-status")
+        with gr.Accordion(about_label(status), open=False, elem_id="about"):
+            gr.Markdown(INTRO)
+            if notice:
+                gr.Markdown(notice, elem_id="model-notice")
+            if examples.small:
+                gr.Markdown(words_markdown(), elem_id="known-words")
         timer = gr.Timer(POLL_SECONDS, active=status.state == "loading")
         applied = gr.State(status.state != "loading")
         with gr.Accordion("Load settings from an earlier output", open=False):
@@ -120,7 +134,7 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
         with gr.Tabs() as tabs:
             for spec in SPECS:
                 with gr.Tab(spec.label, id=spec.task):
-                    forms.append(build_task_tab(spec, runner, defaults, noise_multiplier, examples_dir))
+                    forms.append(build_task_tab(spec, runner, defaults, noise_multiplier, examples))
 
         default_targets = [c for form in forms for c in form.default_targets()]
         memory_lines = [form.controls.memory for form in forms]

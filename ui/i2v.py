@@ -8,25 +8,25 @@ from typing import Any, Callable
 
 from pusa_core import facts
 from pusa_core.requests import ImageToVideo, Request, Settings
+from ui.examples import ExampleSet
 from ui.form import number
 from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
-from ui.widgets import ImageUpload, limit_slider, prompt_box
+from ui.widgets import NOISE_HELP, ImageUpload, default_note, limit_slider, prompt_box
 
 
-def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
+def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -> TaskInputs:
     image = ImageUpload(
         label="Start image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=280, elem_id="i2v-image"
     )
     prompt = prompt_box("i2v", "What happens after this first frame, e.g. 'the sun sets slowly over the sea'")
     noise = limit_slider(
         facts.NOISE_MULTIPLIER, noise_multiplier, "Noise multiplier",
-        f"How much the video may depart from the image: 0 keeps it exactly as frame 0, 1 ignores it "
-        f"(Pusa's default: {facts.DEFAULT_NOISE_MULTIPLIER:g})",
+        f"{NOISE_HELP} ({default_note(noise_multiplier, facts.DEFAULT_NOISE_MULTIPLIER, examples.small)})",
     )
     return TaskInputs(
         {"image": image, "prompt": prompt, "noise_multiplier": noise},
-        examples=[[str(examples_dir / "sunset.png"), "the sun sets slowly over the sea, gentle waves", facts.DEFAULT_NOISE_MULTIPLIER]],
-        example_names=("image", "prompt", "noise_multiplier"),
+        examples=[[still, text] for still, text in examples.stills],
+        example_names=("image", "prompt"),
     )
 
 

@@ -129,6 +129,9 @@ class Runner:
         self.engine = engine
         self._jobs: dict[str, _Job] = {}
         self._preview_wanted: dict[str, bool] = {}
+        # Page jobs between Generate and their start (waiting in the queue), and those cancelled meanwhile.
+        self._waiting: set[str] = set()
+        self._cancelled_waiting: set[str] = set()
         self._lock = threading.Lock()
         self._run_job = wrap_for_zerogpu(self._run_sync, _request_size)
 
@@ -166,6 +169,10 @@ class Runner:
         key = session or NO_SESSION
         preview = self._preview_wanted.get(key, False)
         with self._lock:
+            self._waiting.discard(key)
+            if key in self._cancelled_waiting:
+                self._cancelled_waiting.discard(key)
+                return None, None, None, "Cancelled before it started. Nothing was run or saved."
             self._jobs[key] = job
         try:
             return await asyncio.to_thread(self._run_job, request, job, progress, preview)
@@ -208,10 +215,26 @@ class Runner:
             ) from None
         return str(result.video_path), str(result.settings_path), result.seed, describe_result(result, request.settings.fps)
 
-    def cancel(self, session: str | None) -> str:
-        """Ask this session's running job to stop at the next denoising step."""
+    def waiting(self, session: str | None) -> None:
+        """The page pressed Generate: until the job starts it waits in the queue, where Cancel must reach it too."""
         with self._lock:
-            job = self._jobs.get(session or NO_SESSION)
+            self._waiting.add(session or NO_SESSION)
+            self._cancelled_waiting.discard(session or NO_SESSION)
+
+    def settled(self, session: str | None) -> None:
+        """The page's job ended, ran or not (a refusal, a full queue): nothing of it waits any more."""
+        with self._lock:
+            self._waiting.discard(session or NO_SESSION)
+            self._cancelled_waiting.discard(session or NO_SESSION)
+
+    def cancel(self, session: str | None) -> str:
+        """Ask this session's running job to stop at the next denoising step, or its waiting job not to start."""
+        key = session or NO_SESSION
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None and key in self._waiting:
+                self._cancelled_waiting.add(key)
+                return "Cancelling: your job is still waiting in the queue, and will not run."
         if job is None:
             return "Nothing of yours is running, so there is nothing to cancel."
         job.cancel.set()
@@ -223,6 +246,8 @@ class Runner:
             return
         with self._lock:
             self._preview_wanted.pop(session, None)
+            if session in self._waiting:
+                self._cancelled_waiting.add(session)
             job = self._jobs.get(session)
         if job is not None:
             job.left = True

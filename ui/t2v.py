@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pusa_core.requests import Request, Settings, TextToVideo
+from ui.examples import ExampleSet
 from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
 from ui.widgets import prompt_box
 
-EXAMPLE_PROMPTS = (
-    "a red ball bounces on a green field under a blue sky",
-    "a cat walks slowly across a sunny room",
-)
 
-
-def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
-    prompt = prompt_box("t2v", "Describe the video, e.g. 'a red ball bounces on a green field'")
-    return TaskInputs({"prompt": prompt}, examples=[[text] for text in EXAMPLE_PROMPTS], example_names=("prompt",))
+def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -> TaskInputs:
+    prompt = prompt_box("t2v", f"Describe the video, e.g. '{examples.prompts[0]}'")
+    return TaskInputs({"prompt": prompt}, examples=[[text] for text in examples.prompts], example_names=("prompt",))
 
 
 def _request(values: dict[str, Any], settings: Settings) -> Request:

@@ -1,8 +1,9 @@
 """One builder for the four task tabs: a tab declares its inputs and how they become a request; this does the rest.
 
-Every tab gets the same layout (task inputs, prompt, schedule picture, shared settings, Generate and
-Cancel on the left; the result on the right), the same handler (one API endpoint named after the
-task, parameters named after the inputs) and the same wiring (GPU queue, cancel, unload, schedule).
+Every tab gets the same layout (task inputs with the examples beside them, shared settings, Generate
+and Cancel on the left; the schedule picture, then the result, on the right, so the picture sits in
+the same place on every tab), the same handler (one API endpoint named after the task, parameters
+named after the inputs) and the same wiring (GPU queue, cancel, unload, schedule).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from typing import Any
 import gradio as gr
 
 from pusa_core import facts
+from pusa_core.errors import PusaInputError
 from pusa_core.requests import Request, Settings
+from ui.batch_panel import BatchControls, batch_controls
+from ui.examples import ExampleSet
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
-from ui.batch_panel import BatchControls, batch_controls
-from ui.schedule_plot import schedule_html
+from ui.schedule_plot import error_html, schedule_html
 from ui.widgets import SHARED_NAMES, OutputPanel, SharedControls, output_panel, shared_controls, wire_preset, wire_reuse_seed
 
 PREVIEW_SECONDS = 0.5  # how often the page fetches the latest step preview while a job runs
-# What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values.
+# What a tab's schedule picture shows: (positions, multipliers, source labels) from the tab's values
+# (with "frames" and "fps" added); a PusaInputError is shown in the picture's place.
 SchedulePlan = tuple[Any, Any, list[str] | None]
 
 
@@ -36,6 +40,7 @@ class TaskInputs:
     examples: list[list[Any]] = field(default_factory=list)  # rows over ``example_names``
     example_names: tuple[str, ...] = ()
     example_labels: list[str] | None = None
+    shown: dict[str, gr.components.Component] = field(default_factory=dict)  # display-only parts the tab wires itself
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,13 @@ class TaskSpec:
     task: str
     label: str
     doc: str  # the endpoint's description for API users
-    inputs: Callable[[Settings, float, Path], TaskInputs]
+    inputs: Callable[[Settings, float, ExampleSet], TaskInputs]
     to_request: Callable[[dict[str, Any], Settings], Request]
     schedule: Callable[[dict[str, Any]], SchedulePlan]
     schedule_names: tuple[str, ...] = ()  # task inputs the picture depends on (frames and fps always)
     saved_values: Callable[[dict[str, Any], Callable[[Any], Path | None]], dict[str, Any]] = lambda data, find: {}
+    # Wires the tab's own display parts to its inputs and the shared settings (frames, fps), once both exist.
+    wire: Callable[[TaskInputs, SharedControls], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,32 +129,38 @@ def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[.
 
 
 def _draw(spec: TaskSpec, values: dict[str, Any], frames: Any, fps: Any) -> str:
-    positions, multipliers, sources = spec.schedule(values)
+    try:
+        positions, multipliers, sources = spec.schedule({**values, "frames": frames, "fps": fps})
+    except PusaInputError as err:
+        return error_html(err)
     return schedule_html(frames, positions, multipliers, fps, sources=sources)
 
 
-def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TabForm:
+def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_multiplier: float, examples: ExampleSet) -> TabForm:
     """Render ``spec``'s tab in the current ``gr.Tab`` and wire it to ``runner``."""
     with gr.Row():
         with gr.Column():
-            own = spec.inputs(defaults, noise_multiplier, examples_dir)
-            if own.examples:
-                gr.Examples(
-                    examples=own.examples,
-                    inputs=[own.components[name] for name in own.example_names],
-                    example_labels=own.example_labels,
-                    label="Examples (fill the form; press Generate to run)",
-                    cache_examples=False,
-                    run_on_click=False,
-                )
-            initial = {name: own.components[name].value for name in spec.schedule_names}
-            schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
-            controls = shared_controls(spec.task, defaults, runner.engine.fast_preset_problem())
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=300):
+                    own = spec.inputs(defaults, noise_multiplier, examples)
+                if own.examples:
+                    with gr.Column(scale=2, min_width=200, elem_id=f"{spec.task}-examples"):
+                        gr.Examples(
+                            examples=own.examples,
+                            inputs=[own.components[name] for name in own.example_names],
+                            example_labels=own.example_labels,
+                            label="Examples: click one to fill the form, then Generate",
+                            cache_examples=False,
+                            run_on_click=False,
+                        )
+            controls = shared_controls(spec.task, defaults, runner.engine.fast_preset_problem(), runner.engine.status().is_small)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
             batch = batch_controls(spec.task)
         with gr.Column():
+            initial = {name: own.components[name].value for name in spec.schedule_names}
+            schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
             panel = output_panel(spec.task)
 
     shared = dict(zip(SHARED_NAMES, controls.inputs()))
@@ -159,10 +172,13 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     watch = gr.Timer(PREVIEW_SECONDS, active=False)
 
     def start(show: bool, request: gr.Request) -> list[Any]:
-        runner.want_preview(request.session_hash if request else None, bool(show))
+        session = request.session_hash if request else None
+        runner.want_preview(session, bool(show))
+        runner.waiting(session)
         return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show))]
 
-    def finish() -> list[Any]:
+    def finish(request: gr.Request) -> list[Any]:
+        runner.settled(request.session_hash if request else None)
         return [*idle, gr.Timer(active=False), gr.update(visible=False)]
 
     toggles = [generate, cancel, watch, panel.preview]
@@ -198,5 +214,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
 
     for trigger in schedule_inputs:
         trigger.change(draw, schedule_inputs, schedule, queue=False, api_visibility="private")
+    if spec.wire is not None:
+        spec.wire(own, controls)
     noise = own.components.get("noise_multiplier")
     return TabForm(spec, names, components, controls, noise, panel, batch)

@@ -11,9 +11,10 @@ from pusa_core.conditioning import parse_multipliers, parse_positions
 from pusa_core.errors import PusaInputError
 from pusa_core.facts import latent_frame_count, latent_to_pixel_frames
 from pusa_core.requests import Request, Settings, VideoToVideo
+from ui.examples import ExampleSet
 from ui.form import comma_list, saved_lists
 from ui.task_tab import SchedulePlan, TaskInputs, TaskSpec
-from ui.widgets import prompt_box
+from ui.widgets import MULTIPLIERS_HELP, prompt_box
 
 EXTENSION_MULTIPLIERS = (0.0, 0.3, 0.4, 0.5)  # Pusa's extension example: the first 13 frames, noisier towards the new part
 COMPLETION_MULTIPLIERS = (0.0, 0.3)
@@ -23,6 +24,11 @@ def extension_plan(num_frames: int) -> tuple[str, str]:
     """Keep the video's first latent slots (up to 4 = pixel frames 0-12) and generate the rest."""
     kept = min(len(EXTENSION_MULTIPLIERS), latent_frame_count(num_frames) - 1)
     return comma_list(range(kept)), comma_list(EXTENSION_MULTIPLIERS[:kept])
+
+
+def small_extension_plan(noise_multiplier: float) -> tuple[str, str]:
+    """A small model's extension: the first 5 frames (2 latent slots), as it was trained and evaluated."""
+    return "0,1", comma_list((noise_multiplier, noise_multiplier))
 
 
 def completion_plan(num_frames: int) -> tuple[str, str]:
@@ -42,7 +48,7 @@ def _sources(positions: Any) -> list[str] | None:
     return labels
 
 
-def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> TaskInputs:
+def _inputs(defaults: Settings, noise_multiplier: float, examples: ExampleSet) -> TaskInputs:
     ext_positions, ext_multipliers = extension_plan(defaults.num_frames)
     comp_positions, comp_multipliers = completion_plan(defaults.num_frames)
     video = gr.Video(label="Input video", sources=["upload"], height=280)
@@ -52,16 +58,22 @@ def _inputs(defaults: Settings, noise_multiplier: float, examples_dir: Path) -> 
             label="Positions", value=ext_positions,
             info=f"Latent slots taken from the video: {ext_positions} extends its start, {comp_positions} completes it",
         )
-        multipliers = gr.Textbox(
-            label="Multipliers", value=ext_multipliers, info="One per position, 0 (keep exactly) to 1 (ignore)"
-        )
-    clip = str(examples_dir / "square.mp4")
-    text = "a blue square moves across a white background"
+        multipliers = gr.Textbox(label="Multipliers", value=ext_multipliers, info=MULTIPLIERS_HELP)
+    first_clip, first_text = examples.clips[0]
+    if examples.small:
+        extend = small_extension_plan(noise_multiplier)
+        rows = [[clip, text, *extend] for clip, text in examples.clips]
+        labels = [f"Extend: {text}" for _, text in examples.clips]
+    else:
+        rows = [[first_clip, first_text, ext_positions, ext_multipliers]]
+        labels = ["Extend the start of the clip"]
+    rows.append([first_clip, first_text, comp_positions, comp_multipliers])
+    labels.append("Complete between first and last frame" + (f": {first_text}" if examples.small else ""))
     return TaskInputs(
         {"video": video, "prompt": prompt, "positions": positions, "multipliers": multipliers},
-        examples=[[clip, text, ext_positions, ext_multipliers], [clip, text, comp_positions, comp_multipliers]],
+        examples=rows,
         example_names=("video", "prompt", "positions", "multipliers"),
-        example_labels=["Extend the start of the clip", "Complete between first and last frame"],
+        example_labels=labels,
     )
 
 

@@ -143,6 +143,36 @@ def prompt_box(task: str, placeholder: str, value: str = "") -> gr.Textbox:
     )
 
 
+SMALL_MODEL_WHY = "it was trained on 64x64 clips of 17 frames at 8 fps, and evaluated at these settings"
+
+
+def default_note(value: float, pusa: float, small: bool, preset: str = facts.QUALITY) -> str:
+    """Where a shown default comes from, saying why when it is not Pusa's own."""
+    if value == pusa:
+        return f"{pusa:g} is Pusa's default"
+    if small:
+        return f"{value:g} is the small model's default; Pusa 14B uses {pusa:g}"
+    if preset == facts.FAST:
+        return f"{value:g} is the Fast preset's; Pusa 14B's Quality uses {pusa:g}"
+    return f"{value:g} is this model's default; Pusa 14B uses {pusa:g}"
+
+
+STEPS_HELP = "Few steps: blurry, unfinished shapes and motion; more: finer detail, each step costs the same time again"
+ALPHA_HELP = (
+    "Strength of Pusa's per-frame LoRA. Too low (toward 0, plain Wan): the per-frame conditioning is weak, the video "
+    "drifts away from your input frames; too high (past about 2): artefacts, overcooked colours, stiff motion"
+)
+CFG_HELP = (
+    "How closely the video follows the prompt. 1: no guidance, twice as fast, follows it loosely; high (past about 8): "
+    "oversaturated, overcooked colours"
+)
+NOISE_HELP = (
+    "How far the video may depart from the image. 0: kept exactly as frame 0 (the motion after it may start abruptly); "
+    "low (0.1-0.3): faithful but blends in; 1: the image is ignored"
+)
+MULTIPLIERS_HELP = "Noise per input, one per position: 0 keeps it exactly, low (0.2) keeps it but lets it blend, 1 ignores it"
+
+
 def _extra_loras_info(loaded: dict[str, float]) -> str:
     if not loaded:
         return "None loaded; start the app with --extra-lora PATH[:WEIGHT] to stack a style or motion LoRA"
@@ -150,11 +180,13 @@ def _extra_loras_info(loaded: dict[str, float]) -> str:
             f"{', '.join(loaded)}; e.g. {EXTRA_LORAS_EXAMPLE}")
 
 
-def shared_controls(task: str, defaults: Settings, fast_problem: str | None = None) -> SharedControls:
+def shared_controls(task: str, defaults: Settings, fast_problem: str | None = None, small: bool = False) -> SharedControls:
     """The settings accordion under the preset choice; rendered where it is called.
 
     ``fast_problem``: why the Fast preset cannot run here (and the command that fixes it), shown under the choice.
+    ``small``: the defaults are a small model's own, and the help says so where they differ from Pusa's.
     """
+    why = f" ({SMALL_MODEL_WHY})" if small else ""
     preset = EngineCheckedRadio(
         PRESET_CHOICES, value=defaults.preset, label="Preset",
         info=f"Fast stacks the LightX2V LoRA on Pusa's: {FAST_PASSES} transformer passes instead of {QUALITY_PASSES} "
@@ -166,20 +198,22 @@ def shared_controls(task: str, defaults: Settings, fast_problem: str | None = No
     with gr.Row():
         steps = limit_slider(
             facts.STEPS, defaults.steps, "Inference steps",
-            f"More steps, finer detail, longer wait ({facts.DEFAULT_STEPS} is Pusa's default)", elem_id=f"{task}-steps",
+            f"{STEPS_HELP} ({default_note(defaults.steps, facts.DEFAULT_STEPS, small, defaults.preset)})",
+            elem_id=f"{task}-steps",
         )
         lora_alpha = limit_slider(
             facts.LORA_ALPHA, defaults.lora_alpha, "LoRA alpha",
-            f"Strength of the Pusa LoRA ({facts.DEFAULT_ALPHA:g} is Pusa's default): too low and the conditioning "
-            "frames are ignored (plain Wan), too high and motion stiffens and colours burn",
+            f"{ALPHA_HELP} ({default_note(defaults.lora_alpha, facts.DEFAULT_ALPHA, small)})", elem_id=f"{task}-alpha",
         )
-    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False):
+    with gr.Accordion("Settings: size, length, seed, guidance, negative prompt", open=False, elem_id=f"{task}-settings"):
         with gr.Row():
             size = gr.Dropdown(
                 size_choices(defaults),
                 value=size_text(defaults.width, defaults.height),
                 label="Size (width x height)",
-                info=f"A preset, or type your own WIDTHxHEIGHT (multiples of {facts.SIZE_MULTIPLE})",
+                info=f"A preset, or type your own WIDTHxHEIGHT (multiples of {facts.SIZE_MULTIPLE})"
+                + (f"; {size_text(defaults.width, defaults.height)} is the small model's own size, Pusa 14B uses "
+                   f"{size_text(facts.DEFAULT_WIDTH, facts.DEFAULT_HEIGHT)}{why}" if small else ""),
                 allow_custom_value=True,
             )
             fit = EngineCheckedRadio(
@@ -188,16 +222,26 @@ def shared_controls(task: str, defaults: Settings, fast_problem: str | None = No
         with gr.Row():
             frames = limit_slider(
                 facts.FRAMES, defaults.num_frames, "Frames",
-                f"4k+1 frames ({facts.DEFAULT_FRAMES} = {facts.DEFAULT_FRAMES / facts.DEFAULT_FPS:.0f} s at {facts.DEFAULT_FPS} fps)",
+                f"4k+1 frames; more frames, a longer video and a longer wait "
+                f"({default_note(defaults.num_frames, facts.DEFAULT_FRAMES, small)}{why})",
             )
-            fps = limit_slider(facts.FPS, defaults.fps, "Frames per second", f"Wan's native rate is {facts.DEFAULT_FPS}")
+            fps = limit_slider(
+                facts.FPS, defaults.fps, "Frames per second",
+                f"Playback rate: low is choppy, high is smooth but shorter for the same frames "
+                f"({default_note(defaults.fps, facts.DEFAULT_FPS, small)}, Wan's native rate)",
+            )
         with gr.Row():
             cfg = limit_slider(
                 facts.CFG, defaults.cfg, "Guidance (CFG)",
-                "How closely the video follows the prompt: 1 turns guidance off (twice as fast), high values oversaturate",
+                f"{CFG_HELP} ({default_note(defaults.cfg, facts.DEFAULT_CFG, small, defaults.preset)})", elem_id=f"{task}-cfg",
             )
-            seed = EngineCheckedNumber(value=0, precision=0, label="Seed", info="Used when 'Random seed' is off")
-            randomize_seed = gr.Checkbox(value=True, label="Random seed", info="The seed used is shown with the video and saved")
+            seed = EngineCheckedNumber(
+                value=0, precision=0, label="Seed", info="Used when 'Random seed' is off", elem_id=f"{task}-seed"
+            )
+            randomize_seed = gr.Checkbox(
+                value=True, label="Random seed", info="The seed used is shown with the video and saved",
+                elem_id=f"{task}-random-seed",
+            )
         negative_prompt = gr.Textbox(
             label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2, max_lines=6, max_length=facts.MAX_PROMPT_CHARS
         )

@@ -36,6 +36,13 @@ SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("plain", "striped", "checkered")
 DIRECTIONS: dict[str, tuple[float, float]] = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 CAPTION_WORDS = ("a", "moves", "and", "bounces", "back", "on", "background")
+# Captions the app offers as examples for a model trained on these clips (one of each texture and motion).
+EXAMPLE_PROMPTS = (
+    "a red circle moves right on a blue background",
+    "a yellow square moves down and bounces back on a gray background",
+    "a white triangle moves left on a striped green background",
+    "a purple circle moves up on a checkered brown background",
+)
 
 SIZE = 64
 FRAMES = 17

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKLWan
 
 from ..tiny_models import SMALL_VAE, TINY_TRANSFORMER, build_word_tokenizer, tiny_text_encoder, tiny_transformer
-from .data import FRAMES, SIZE, vocabulary
+from .data import EXAMPLE_PROMPTS, FRAMES, SIZE, vocabulary
 from .train import (
     TransformerConfig,
     VaeConfig,
@@ -83,12 +83,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "cfg": 3.0,
     "lora_alpha": 1.0,
     "noise_multiplier": 0.0,
-    "example_prompts": [
-        "a red circle moves right on a blue background",
-        "a yellow square moves down and bounces back on a gray background",
-        "a white triangle moves left on a striped green background",
-        "a purple circle moves up on a checkered brown background",
-    ],
+    "example_prompts": list(EXAMPLE_PROMPTS),
 }
 
 FULL = Recipe(

@@ -26,9 +26,9 @@ class Server:
     url: str
 
 
-def serve(engine: Engine, output_dir: Path, flags: Sequence[str] = ()) -> tuple[object, str]:
+def serve(engine: Engine, output_dir: Path, flags: Sequence[str] = (), notice: str = "") -> tuple[object, str]:
     """Build the page for ``engine`` and serve it on a free port with the app's own launch; returns (demo, url)."""
-    demo = build_app(engine)
+    demo = build_app(engine, notice)
     port = free_port()
     args = app_module.parse_args(["--host", "127.0.0.1", "--port", str(port), "--output-dir", str(output_dir), *flags])
     app_module.launch(demo, args, block=False)
