@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     engine.start()
     try:
-        launch(build_app(engine, notice), args)
+        launch(build_app(engine, notice, max_queue=args.max_queue), args)
     finally:
         ranks.leave()
 

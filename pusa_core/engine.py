@@ -20,7 +20,7 @@ import torch
 
 from . import facts
 from .adapters import LoraCatalog, LoraStack, attach_loras, merge_blocker
-from .conditioning import plan_request
+from .conditioning import Conditioning, plan_request
 from .continuation import JoinedVideo, check_continuation, write_joined
 from .errors import EngineNotReady, PusaInputError
 from .facts import DEFAULT_ATTENTION_BACKEND, DEFAULT_NOISE_MULTIPLIER
@@ -268,6 +268,12 @@ class Engine:
             return str(err)
 
     # -- one job ---------------------------------------------------------------------------------
+    def check(self, request: Request) -> Conditioning:
+        """Refuse a bad request (PusaInputError) without running it, e.g. every job of a batch before the first starts."""
+        plan = plan_request(request)
+        self.speed.loras.check(request.settings)
+        return plan
+
     def generate(
         self, request: Request, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
         preview: bool = False,
@@ -276,8 +282,7 @@ class Engine:
 
         Raises PusaInputError, GenerationCancelled, JobTimedOut, EngineNotReady or OutOfMemory.
         """
-        plan = plan_request(request)  # validation first: bad input is answered even while loading
-        self.speed.loras.check(request.settings)
+        plan = self.check(request)  # validation first: bad input is answered even while loading
         components = self._components
         if components is None:
             raise EngineNotReady(

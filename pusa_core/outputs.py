@@ -1,7 +1,8 @@
 """The output folder: where videos, their settings and copies of their inputs go, and what may come back.
 
-Layout: ``<task>_<time>_seed<seed>.mp4`` with ``.json`` settings beside it, and ``inputs/<sha256>.<ext>``
-holding each input once, by content. Settings never record a server path: an input is recorded
+Layout: ``<task>_<time>_seed<seed>.mp4`` with ``.json`` settings beside it, ``inputs/<sha256>.<ext>``
+holding each input once, by content, and ``thumbs/<video stem>.jpg``, each video's first frame for the
+history (made on first listing, deleted with its video). Settings never record a server path: an input is recorded
 as its original base name and its sha256, and only a file in ``inputs/`` with that hash is ever
 brought back, so a settings file cannot name its way to anything else on the server.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 INPUTS = "inputs"
+THUMBS = "thumbs"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 
@@ -63,6 +65,10 @@ class OutputFolder:
             path = self.root / f"{task}_{stamp}_seed{seed}_{n}.mp4"
         return path
 
+    def thumbnail_path(self, video: Path) -> Path:
+        """Where the thumbnail of ``video`` (one of this folder's MP4s) is kept."""
+        return self.root / THUMBS / f"{video.stem}.jpg"
+
     def record_input(self, value: Any) -> Any:
         """What settings record for one input: ``{"name", "sha256"}`` for a file (a copy is kept in ``inputs/``)."""
         if isinstance(value, (str, Path)):
@@ -97,7 +103,7 @@ class OutputFolder:
         return None
 
     def prune(self, now: float | None = None) -> list[Path]:
-        """Apply the retention rule to finished jobs (and inputs no kept job uses); returns what was removed."""
+        """Apply the retention rule to finished jobs (with their thumbnails, and inputs no kept job uses); returns what was removed."""
         if not self.retention.active or not self.root.is_dir():
             return []
         now = time.time() if now is None else now
@@ -112,7 +118,7 @@ class OutputFolder:
         for video in videos:
             if video in keep:
                 continue
-            for path in (video, video.with_suffix(".json")):
+            for path in (video, video.with_suffix(".json"), self.thumbnail_path(video)):
                 if path.exists():
                     path.unlink()
                     removed.append(path)
@@ -121,6 +127,14 @@ class OutputFolder:
             settings = video.with_suffix(".json")
             if settings.is_file():
                 used.update(re.findall(r'"sha256": "([0-9a-f]{64})"', settings.read_text(errors="replace")))
+        thumbs = self.root / THUMBS
+        if thumbs.is_dir():
+            kept = {video.stem for video in keep}
+            for thumb in thumbs.iterdir():
+                # A thumbnail being written is a hidden temporary file: left to its writer.
+                if thumb.is_file() and thumb.suffix == ".jpg" and not thumb.name.startswith(".") and thumb.stem not in kept:
+                    thumb.unlink()
+                    removed.append(thumb)
         store = self.root / INPUTS
         if store.is_dir():
             for stored in store.iterdir():

@@ -1,5 +1,6 @@
 """The page: a one-line header (title and status) over an accordion (what Pusa is, the model notice, the
-words a small model knows), 'load settings', and the four task tabs over one runner.
+words a small model knows), 'load settings', the four task tabs over one runner, this page's batch
+queue, and the history of the output folder (also served as ``/history``).
 
 The page is served before the model is loaded: a ``gr.Timer`` polls the engine's status once a
 second until it is ready (or failed), then stops and puts the model's own defaults into the forms.
@@ -14,12 +15,16 @@ import gradio as gr
 
 from pusa_core.engine import Engine, EngineStatus
 from pusa_core.errors import PusaInputError
+from pusa_core.history import History
 from pusa_core.media import read_settings
 from pusa_core.outputs import OutputFolder
 from ui import i2v, multiframe, t2v, v2v
+from ui.batch import BatchQueue
+from ui.batch_panel import queue_view, wire_batch, wire_queue_view
 from ui.continue_video import wire_continue_api, wire_result_actions
 from ui.examples import EXAMPLES_DIR, examples_for, words_markdown
 from ui.form import inside
+from ui.history import history_api, history_panel, wire_history
 from ui.runner import Runner, field_message
 from ui.task_tab import TabForm, build_task_tab
 
@@ -100,12 +105,15 @@ def _load_settings(forms: list[TabForm], outputs: OutputFolder, path: str | None
     return [*values, gr.Tabs(selected=form.task), note + (RESTORE_NOTE if dropped else "")]
 
 
-def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
+def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DIR, max_queue: int | None = None) -> gr.Blocks:
     """The Blocks for ``engine`` (started or not); ``notice`` goes in the header's accordion (e.g. 'small model').
 
     ``examples_dir`` holds the 14B's example pictures; a small model's are drawn for it (see ui.examples).
+    ``max_queue`` (the app's --max-queue) also bounds the batch jobs waiting across all visitors.
     """
     runner = Runner(engine)
+    batches = BatchQueue(max_queue)
+    history = History(engine.outputs)
     status = engine.status()
     defaults = engine.defaults()
     noise_multiplier = engine.default_noise_multiplier()
@@ -129,7 +137,6 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
                 with gr.Tab(spec.label, id=spec.task):
                     forms.append(build_task_tab(spec, runner, defaults, noise_multiplier, examples))
 
-        wire_result_actions(forms, tabs, engine)
         wire_continue_api(next(form for form in forms if form.task == "v2v"), runner)
 
         default_targets = [c for form in forms for c in form.default_targets()]
@@ -169,9 +176,30 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
             api_name="load_settings",
             api_visibility="undocumented",
         )
+
+        view = queue_view()
+        wire_queue_view(view, batches, runner)
+        for form in forms:
+            wire_batch(
+                form.task, form.label, form.names, form.components, form.build_request, form.batch, form.panel,
+                batches, runner, view,
+            )
+
+        with gr.Accordion("History: every video in the output folder", open=False, elem_id="history") as history_box:
+            past = history_panel()
+        wire_history(
+            past, history, lambda path: _load_settings(forms, engine.outputs, path), [*fill_targets, tabs, past.message],
+            # A new result in any tab, or opening the panel, reads the folder again.
+            refresh_on=[history_box.expand, demo.load, *(form.panel.video.change for form in forms)],
+        )
+        gr.api(history_api(history), api_name="history", queue=False)
+        wire_result_actions(forms, tabs, engine, also=[past])
+
         # A closed tab or a dead client leaves a job nobody will receive: stop it at its next step.
         def leave(request: gr.Request) -> None:
             runner.leave(request.session_hash if request else None)
+            if request is not None and request.session_hash:
+                batches.leave(request.session_hash)
 
         demo.unload(leave)
     return demo

@@ -116,8 +116,12 @@ def joined_note(joined: JoinedVideo) -> str:
     )
 
 
-def wire_result_actions(forms: Sequence[TabForm], tabs: gr.Tabs, engine: Engine) -> None:
-    """The three buttons under every result, and Video-to-Video's join after a continuation."""
+def wire_result_actions(forms: Sequence[TabForm], tabs: gr.Tabs, engine: Engine, also: Sequence[Any] = ()) -> None:
+    """The three buttons under every result, and Video-to-Video's join after a continuation.
+
+    ``also``: more places showing one of this app's videos with the same three buttons (the History
+    panel): anything with ``video``, ``continue_video``, ``use_last_frame`` and ``use_as_keyframe``.
+    """
     by_task = {form.task: form for form in forms}
     v2v, i2v, multiframe = by_task["v2v"], by_task["i2v"], by_task["multiframe"]
     joined: JoinedResults = v2v.results
@@ -140,15 +144,14 @@ def wire_result_actions(forms: Sequence[TabForm], tabs: gr.Tabs, engine: Engine)
         return [[*current, str(frame_file(last_frame(source), source.stem))], gr.Tabs(selected="multiframe")]
 
     prefill_targets = [*v2v.components, joined.continuing, joined.note, joined.video, joined.file, tabs]
-    for form in forms:
-        panel = form.panel
+    for panel in [*(form.panel for form in forms), *also]:
         buttons = [panel.continue_video, panel.use_last_frame, panel.use_as_keyframe]
         panel.video.change(
             lambda value: [gr.update(interactive=bool(value))] * 3, panel.video, buttons, queue=False,
             api_visibility="private",
         )
         # On Video-to-Video, a joined result is what "continue" means: the whole video so far.
-        sources = [panel.video, joined.video] if form is v2v else [panel.video]
+        sources = [panel.video, joined.video] if panel is v2v.panel else [panel.video]
         panel.continue_video.click(prefill, sources, prefill_targets, api_visibility="private")
         panel.use_last_frame.click(
             use_last_frame, panel.video, [i2v.component("image"), tabs], api_visibility="private"

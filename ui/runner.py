@@ -156,15 +156,19 @@ class Runner:
             )
 
     async def generate(
-        self, build: Callable[[], Request], session: str | None, progress: gr.Progress | None = None
+        self, build: Callable[[], Request], session: str | None, progress: gr.Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> Outputs:
-        """Build the request and run it: (video path, settings path, seed used, message)."""
+        """Build the request and run it: (video path, settings path, seed used, message).
+
+        ``cancel``: an event of the caller's that stops the job too (a batch job's own cancel).
+        """
         self.require_ready()
         try:
             request = build()
         except PusaInputError as err:
             raise input_error(err) from None
-        job = _Job(threading.Event())
+        job = _Job(cancel or threading.Event())
         key = session or NO_SESSION
         preview = self._preview_wanted.get(key, False)
         with self._lock:
@@ -270,6 +274,12 @@ class Runner:
         with self._lock:
             job = self._jobs.get(session or NO_SESSION)
         return job.preview if job is not None else None
+
+    def latest_progress(self, session: str | None) -> Progress | None:
+        """The last progress report of this session's running job, if one runs."""
+        with self._lock:
+            job = self._jobs.get(session or NO_SESSION)
+        return job.last if job is not None else None
 
     def running(self, session: str | None) -> bool:
         with self._lock:

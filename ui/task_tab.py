@@ -19,6 +19,7 @@ import gradio as gr
 from pusa_core import facts
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import Request, Settings
+from ui.batch_panel import BatchControls, batch_controls
 from ui.examples import ExampleSet
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
@@ -70,10 +71,15 @@ class TabForm:
     noise_multiplier: gr.components.Component | None
     panel: OutputPanel
     job: Any  # the Generate job's event, for steps that follow a finished job
+    batch: BatchControls  # wired by the page to its batch queue (ui.batch_panel.wire_batch)
     results: Any = None  # what ``spec.results`` made
 
     def component(self, name: str) -> gr.components.Component:
         return self.components[self.names.index(name)]
+
+    def build_request(self, values: dict[str, Any]) -> Request:
+        """The request these form values (keyed by handler parameter name) ask for."""
+        return self.spec.to_request(values, build_settings(values))
 
     @property
     def task(self) -> str:
@@ -157,6 +163,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
+            batch = batch_controls(spec.task)
         with gr.Column():
             initial = {name: own.components[name].value for name in spec.schedule_names}
             schedule = gr.HTML(_draw(spec, initial, defaults.num_frames, defaults.fps), elem_id=f"{spec.task}-schedule")
@@ -217,4 +224,4 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     if spec.wire is not None:
         spec.wire(own, controls)
     noise = own.components.get("noise_multiplier")
-    return TabForm(spec, names, components, controls, noise, panel, job, results)
+    return TabForm(spec, names, components, controls, noise, panel, job, batch, results)
