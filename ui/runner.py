@@ -50,6 +50,7 @@ FIELD_LABELS = {
     "settings file": "Settings file",
     "preset": "Preset",
     "extra_loras": "Extra LoRAs",
+    "step_cache": "Step cache",
 }
 PHASE_LABELS = {
     "prompt": "Encoding the prompt",
@@ -114,7 +115,7 @@ class _Job:
 
 def _request_size(request: Request, *_: Any) -> ZeroGpuJob:
     s = request.settings
-    return ZeroGpuJob(s.steps, s.num_frames, s.width, s.height, s.cfg)
+    return ZeroGpuJob(s.steps, s.num_frames, s.width, s.height, s.cfg, s.step_cache)
 
 
 class Runner:

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from pusa_core import facts
+from pusa_core.cache_choice import offered_step_caches
 from pusa_core.requests import Request, Settings
 from ui.form import build_settings, shared_values, skip_missing
 from ui.runner import GPU_QUEUE, Outputs, Runner
@@ -109,6 +110,8 @@ def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[.
         f"{spec.doc} `preset` is '{facts.QUALITY}' or '{facts.FAST}' (the LightX2V LoRA: send "
         f"steps={facts.FAST_STEPS} and cfg={facts.FAST_CFG:g} with it); "
         "`extra_loras` is 'name:weight, ...' over the LoRAs the app was started with. "
+        f"`step_cache` is one of {', '.join(repr(v) for v in offered_step_caches())} (the settings whose quality "
+        "checks passed; off with the Fast preset). "
         "Returns (video, settings JSON, seed used, message)."
     )
     return handler
