@@ -50,6 +50,20 @@ STEP_CACHE_KINDS = (FIRST_BLOCK, TAYLORSEER)
 MIN_CACHED_STEPS = 10
 TAYLORSEER_WARMUP_STEPS = 3  # steps run in full before TaylorSeer predicts (diffusers' default)
 
+
+
+def lora_merge_blocker(kind: str, weights: str, offloaded: bool = False) -> str | None:
+    """Why a placement of ``kind`` with ``weights`` storage runs the LoRAs unmerged, or None when the
+    engine merges them into the weights (the memory planner and the engine both ask this)."""
+    if weights == "fp8":
+        return "fp8 weight storage would round the merged weights"
+    if kind == "offload":
+        return "offloading streams the blocks from host memory"
+    if offloaded:
+        return "part of the transformer is offloaded to the host"
+    return None
+
+
 # -- GPU options ------------------------------------------------------------------------------------
 DEFAULT_ATTENTION_BACKEND = "native"  # torch's scaled_dot_product_attention, through diffusers' dispatcher
 ATTENTION_BACKEND_FLAG = "--attention-backend"

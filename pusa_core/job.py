@@ -121,7 +121,8 @@ class JobRunner:
         """``preview``: each step's progress carries a strip of the clean estimate (see :mod:`pusa_core.preview`)."""
         s = request.settings
         cache = step_cache_for(placement, s)
-        memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames))
+        memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames), lora_merged=loras.merged,
+                          active_lora_rank=loras.active_rank(s))
         if memory.verdict != "ok":
             raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
         apply_vae_tiling(c.vae, memory)

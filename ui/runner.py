@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from pusa_core import facts
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
 from pusa_core.requests import Request, Settings
@@ -249,13 +250,16 @@ class Runner:
         where = f" after step {last.step} of {last.total}" if last and last.step is not None and last.total else ""
         return f"Cancelled{where}. Nothing was saved; the engine is ready for the next job."
 
-    def memory_line(self, size: str, frames: float | int) -> str:
-        """The engine's placement and memory forecast for this size, or why it cannot be given."""
+    def memory_line(self, size: str, frames: float | int, preset: str = facts.QUALITY) -> str:
+        """The engine's placement and memory forecast for this size and preset, or why it cannot be given."""
         try:
             width, height = parse_size(size)
         except PusaInputError as err:
             return f"Memory: {field_message(err.field, err.message)}"
         if isinstance(frames, bool) or not isinstance(frames, (int, float)) or not float(frames).is_integer():
             return "Memory: Frames must be a whole number."
-        settings = Settings(width=width, height=height, num_frames=int(frames))
+        if preset not in facts.PRESETS:
+            choices = ", ".join(facts.PRESETS)
+            return f"Memory: {field_message('preset', f'must be one of {choices}, got {preset!r}')}"
+        settings = Settings(width=width, height=height, num_frames=int(frames), preset=preset)
         return f"Memory: {self.engine.memory_report(settings)}"
