@@ -1,9 +1,10 @@
 """Which step-caching settings a job may ask for: parsing, the measured list, and the refusals.
 
 Torch-free: the UI's dropdown and the request validation read it. A setting is written
-``KIND:THRESHOLD`` (``first-block:0.05``, ``taylorseer:2``) or ``off``. Only settings whose quality
-checks passed on the small model (``benchmarks/step_cache.py`` writes :data:`MEASURED_FILE`; the
-README's "Step caching" table is its printout) are offered; any other is refused with that list.
+``KIND:THRESHOLD`` (``first-block:0.05``, ``taylorseer:2``) or ``off``. Only settings under which every
+quality check that passes with caching off still passes on the small model are offered
+(``benchmarks/step_cache.py`` writes :data:`MEASURED_FILE`; the README's "Step caching" table is its
+printout); any other is refused with that list.
 """
 
 from __future__ import annotations
@@ -56,16 +57,23 @@ def parse_step_cache(value: Any) -> StepCache | None:
 
 @lru_cache(maxsize=1)
 def measured_rows() -> tuple[dict[str, Any], ...]:
-    """The benchmark's rows: setting, passes, skipped, checks passed of checks run, all_passed."""
+    """The benchmark's rows: setting, passes, skipped, and each check's claim, value and verdict."""
     if not MEASURED_FILE.is_file():
         return ()
     return tuple(json.loads(MEASURED_FILE.read_text())["rows"])
 
 
+def lost_checks(row: dict[str, Any], rows: tuple[dict[str, Any], ...]) -> list[str]:
+    """The claims that pass with caching off and fail under ``row``'s setting (same clips, same seeds)."""
+    off = next(r for r in rows if r["setting"] == facts.STEP_CACHE_OFF)
+    return [mine["claim"] for mine, base in zip(row["checks"], off["checks"]) if base["passed"] and not mine["passed"]]
+
+
 def offered_step_caches() -> tuple[str, ...]:
-    """``off`` and every measured setting whose quality checks all passed, in the table's order."""
-    passing = [row["setting"] for row in measured_rows() if row["all_passed"] and row["setting"] != facts.STEP_CACHE_OFF]
-    return (facts.STEP_CACHE_OFF, *passing)
+    """``off`` and every measured setting that loses no quality check, in the table's order."""
+    rows = measured_rows()
+    keeping = [r["setting"] for r in rows if r["setting"] != facts.STEP_CACHE_OFF and not lost_checks(r, rows)]
+    return (facts.STEP_CACHE_OFF, *keeping)
 
 
 def full_passes(steps: int, cfg: float, cache: StepCache | None) -> int:
@@ -94,8 +102,9 @@ def check_step_cache(value: Any, steps: Any, preset: str) -> StepCache | None:
                                     f"{steps}; raise steps or set step_cache to off")
     offered = offered_step_caches()
     if cache.text not in offered:
-        rows = {row["setting"]: row for row in measured_rows()}
-        why = (f"failed {row['checks_run'] - row['checks_passed']} of the {row['checks_run']} quality checks on the small model"
-               if (row := rows.get(cache.text)) else "was not measured on the small model")
+        rows = measured_rows()
+        row = next((r for r in rows if r["setting"] == cache.text), None)
+        why = (f"fails {len(lost_checks(row, rows))} quality check(s) on the small model that pass with caching off"
+               if row is not None else "was not measured on the small model")
         raise PusaInputError(FIELD, f"{cache.text!r} {why} (README, 'Step caching'); use one of {', '.join(offered)}")
     return cache

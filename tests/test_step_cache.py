@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pusa_core import facts
-from pusa_core.cache_choice import (StepCache, check_step_cache, full_passes, measured_rows, offered_step_caches,
-                                   parse_step_cache)
+from pusa_core.cache_choice import (StepCache, check_step_cache, full_passes, lost_checks, measured_rows,
+                                   offered_step_caches, parse_step_cache)
 from pusa_core.conditioning import validate_settings
 from pusa_core.errors import PusaInputError
 from pusa_core.job import step_cache_for
@@ -94,19 +94,20 @@ def test_parsing_reads_what_the_dropdown_writes():
     assert parse_step_cache("taylorseer:2").text == "taylorseer:2"
 
 
-def test_only_measured_settings_whose_checks_all_pass_are_offered():
-    rows = {row["setting"]: row for row in measured_rows()}
+def test_only_measured_settings_that_lose_no_check_are_offered():
+    rows = measured_rows()
     assert rows, "benchmarks/step_cache.py --write has not stored its measurements"
+    off = next(r for r in rows if r["setting"] == facts.STEP_CACHE_OFF)
     offered = offered_step_caches()
     assert offered[0] == facts.STEP_CACHE_OFF
-    assert set(offered[1:]) == {s for s, row in rows.items() if row["all_passed"] and s != facts.STEP_CACHE_OFF}
-    for setting in offered:
-        check_step_cache(setting, STEPS, facts.QUALITY)
-    for setting, row in rows.items():
-        if not row["all_passed"] and setting != facts.STEP_CACHE_OFF:
-            with pytest.raises(PusaInputError, match=f"failed {row['checks_run'] - row['checks_passed']} of the "
-                                                     f"{row['checks_run']} quality checks"):
-                check_step_cache(setting, STEPS, facts.QUALITY)
+    for row in rows:
+        kept = all(mine["passed"] or not base["passed"] for mine, base in zip(row["checks"], off["checks"]))
+        assert (row["setting"] in offered) == kept
+        if kept:
+            check_step_cache(row["setting"], STEPS, facts.QUALITY)
+        else:
+            with pytest.raises(PusaInputError, match=f"fails {len(lost_checks(row, rows))} quality check"):
+                check_step_cache(row["setting"], STEPS, facts.QUALITY)
     with pytest.raises(PusaInputError, match=r"'first-block:0.07' was not measured on the small model .*; use one of off"):
         check_step_cache("first-block:0.07", STEPS, facts.QUALITY)
 
@@ -137,3 +138,12 @@ def test_full_passes_counts_only_what_is_certain(transformer, cache):
     else:  # first-block decides as it goes: every pass may run
         assert full_passes(STEPS, 3.0, cache) == 2 * STEPS > count.full
     assert full_passes(STEPS, 1.0, cache) == full_passes(STEPS, 3.0, cache) // 2
+
+
+def test_a_setting_is_judged_against_caching_off_not_against_the_bounds():
+    def row(setting, *passed):
+        return {"setting": setting, "checks": [{"claim": f"c{i}", "passed": p} for i, p in enumerate(passed)]}
+
+    rows = (row("off", True, False, True), row("first-block:0.1", True, False, True), row("taylorseer:2", False, True, True))
+    assert lost_checks(rows[1], rows) == []  # fails only what off fails too
+    assert lost_checks(rows[2], rows) == ["c0"]  # gaining c1 does not make up for losing c0
