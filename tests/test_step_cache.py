@@ -15,7 +15,7 @@ from pusa_core.conditioning import validate_settings
 from pusa_core.errors import PusaInputError
 from pusa_core.job import step_cache_for
 from pusa_core.placement import choose_placement, simulated_gpus
-from pusa_core.requests import Settings, preset_settings
+from pusa_core.requests import Settings, TextToVideo, preset_settings
 from pusa_core.sampling import sample
 from pusa_core.step_cache import step_caching
 from pusa_core.transformer import PusaTransformer3DModel
@@ -147,3 +147,22 @@ def test_a_setting_is_judged_against_caching_off_not_against_the_bounds():
     rows = (row("off", True, False, True), row("first-block:0.1", True, False, True), row("taylorseer:2", False, True, True))
     assert lost_checks(rows[1], rows) == []  # fails only what off fails too
     assert lost_checks(rows[2], rows) == ["c0"]  # gaining c1 does not make up for losing c0
+
+
+def test_the_engine_runs_an_offered_cache_and_records_its_passes(tiny_engine):
+    setting = next(s for s in offered_step_caches() if s.startswith(facts.TAYLORSEER))
+    base = replace(tiny_engine.defaults(), prompt="a red ball", seed=1, steps=STEPS, cfg=3.0)
+    cached = tiny_engine.generate(TextToVideo(replace(base, step_cache=setting)))
+    cache = parse_step_cache(setting)
+    assert cached.settings["settings"]["step_cache"] == setting
+    assert cached.settings["transformer_passes"] == {"passes": 2 * STEPS, "skipped": 2 * STEPS - full_passes(STEPS, 3.0, cache)}
+    plain = tiny_engine.generate(TextToVideo(base))
+    assert plain.settings["transformer_passes"] == {"passes": 2 * STEPS, "skipped": 0}
+    assert not tiny_engine._components.transformer.is_cache_enabled
+    with pytest.raises(PusaInputError, match="step_cache: 'first-block:0.07' was not measured"):
+        tiny_engine.generate(TextToVideo(replace(base, step_cache="first-block:0.07")))
+
+
+def test_the_memory_line_says_how_the_loras_run(tiny_engine):
+    report = tiny_engine.memory_report(replace(tiny_engine.defaults(), preset=facts.QUALITY))
+    assert report.startswith("cpu (") and report.endswith("LoRAs merged into the weights: no pass computes a LoRA branch.")
