@@ -166,3 +166,19 @@ def test_the_engine_runs_an_offered_cache_and_records_its_passes(tiny_engine):
 def test_the_memory_line_says_how_the_loras_run(tiny_engine):
     report = tiny_engine.memory_report(replace(tiny_engine.defaults(), preset=facts.QUALITY))
     assert report.startswith("cpu (") and report.endswith("LoRAs merged into the weights: no pass computes a LoRA branch.")
+
+
+def test_the_readme_table_is_the_benchmarks_printout_of_the_stored_rows():
+    import importlib.util
+    import json
+
+    from pusa_core.cache_choice import MEASURED_FILE
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("step_cache_benchmark", root / "benchmarks" / "step_cache.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    stored = json.loads(MEASURED_FILE.read_text())
+    section = (root / "README.md").read_text().split("### Step caching", 1)[1].split("\n## ", 1)[0]
+    assert f"--clips {stored['clips']} --write" in section
+    assert "\n".join(line for line in section.splitlines() if line.startswith("|")) == benchmark.table(stored["rows"])
