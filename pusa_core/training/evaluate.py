@@ -1,6 +1,10 @@
 """Evaluate a small Pusa model on held-out procedural clips; print the numbers and write frame strips.
 
     python -m pusa_core.training.evaluate --model-dir weights/pusa-tiny --strips docs/tiny
+    python -m pusa_core.training.evaluate --model-dir weights/pusa-tiny --step-cache first-block:0.1
+
+With ``--step-cache`` every generation runs with that diffusers cache hook (``pusa_core.step_cache``),
+and the metrics add ``passes``: transformer passes, full ones and skipped ones.
 
 Tasks (the model's own defaults for steps, cfg, alpha and noise multiplier unless overridden):
 - I2V: first frame given. First-frame PSNR after decoding; the object is tracked by colour: is it
