@@ -16,6 +16,10 @@ Prints, at 832x480x81 by default:
   and with per-frame timesteps ``[1, F]`` (Pusa), each the mean of ``--repeats`` passes after a warm-up;
 * the planner's weights and one pass's activations against ``torch.cuda.memory_allocated`` after
   the build and ``torch.cuda.max_memory_allocated`` over the passes;
+* seconds per per-frame pass with the LoRA merged into the weights (peft's ``merge``, as the engine
+  runs it) against unmerged, the merged-LoRA gain, and the Quality and Fast presets' seconds per job
+  (:func:`preset_jobs`: their steps x passes, times the measured pass; Fast's LightX2V adapter merges
+  into the same weights, so a merged pass costs the same under both);
 * under torchrun: seconds per sampler step (median of the steps after the first) on one GPU and
   under cfg-parallel and sequence-parallel, the speedup, the speed model's prediction over PCIe 4
   and NVLink, and rank 0's measured peak against the planner's.
@@ -48,12 +52,16 @@ from typing import Any, Callable  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pusa_core.facts import DEFAULT_CFG, PUSA_LORA_RANK, TEXT_TOKENS, pass_flops  # noqa: E402
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
+
+from pusa_core.cache_choice import full_passes  # noqa: E402
+from pusa_core.facts import DEFAULT_CFG, FAST, PRESETS, PUSA_LORA_RANK, QUALITY, TEXT_TOKENS, pass_flops  # noqa: E402
 from pusa_core.loading import TRANSFORMER_14B_CONFIG, read_config  # noqa: E402
 from pusa_core.parallel import init_group, parallel_guidance  # noqa: E402
 from pusa_core.placement import GIB, JobSize, PlanOptions, gib, plan_memory, simulated_gpus  # noqa: E402
 from pusa_core.placement.models import build_meta_transformer  # noqa: E402
 from pusa_core.placement.speed import LINKS, Layout, gpu_class, step_time  # noqa: E402
+from pusa_core.requests import Settings, preset_settings  # noqa: E402
 from pusa_core.sampling import StepReport, sample  # noqa: E402
 from pusa_core.schedule import frame_multipliers  # noqa: E402
 from pusa_core.transformer import PusaTransformer3DModel  # noqa: E402
@@ -117,6 +125,39 @@ def timed_steps(model: torch.nn.Module, noise: torch.Tensor, text: torch.Tensor,
     return statistics.median(b - a for a, b in zip(ends, ends[1:]))
 
 
+def preset_jobs(quality: Settings | None = None) -> list[tuple[str, int, float, int]]:
+    """(preset, steps, cfg, transformer passes) of the default job under each preset."""
+    quality = quality or Settings()
+    jobs = []
+    for preset in PRESETS:
+        s = preset_settings(quality, preset)
+        jobs.append((preset, s.steps, s.cfg, full_passes(s.steps, s.cfg, None)))
+    return jobs
+
+
+def set_merged(model: torch.nn.Module, merged: bool) -> int:
+    """Merge (or unmerge) every peft LoRA layer's adapter into its weights; returns how many layers."""
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        if merged and not layer.merged:
+            layer.merge()
+        elif not merged and layer.merged:
+            layer.unmerge()
+    return len(layers)
+
+
+def preset_lines(jobs: list[tuple[str, int, float, int]], unmerged_s: float, merged_s: float) -> list[str]:
+    """Seconds per job of each preset from the measured seconds per pass, and the merged-LoRA gain."""
+    lines = ["| preset | steps | cfg | passes | s / job, LoRA unmerged | s / job, LoRA merged |",
+             "|---|---|---|---|---|---|"]
+    for preset, steps, cfg, passes in jobs:
+        lines.append(f"| {preset} | {steps} | {cfg:g} | {passes} | {passes * unmerged_s:.1f} | {passes * merged_s:.1f} |")
+    per_job = {preset: passes * merged_s for preset, _, _, passes in jobs}
+    lines.append(f"Merged LoRA: {merged_s:.2f} s / pass against {unmerged_s:.2f} unmerged ({unmerged_s / merged_s:.2f}x); "
+                 f"{QUALITY} / {FAST} per job (merged): {per_job[QUALITY] / per_job[FAST]:.1f}x")
+    return lines
+
+
 class Peak:
     """``torch.cuda.max_memory_allocated`` over a block of work, in bytes (None on the CPU)."""
 
@@ -155,13 +196,21 @@ def single_gpu_report(model: torch.nn.Module, config: dict[str, Any], job: JobSi
             seconds = time_passes(model, latents, timestep, text, args.repeats)
             rate = f"{flops / seconds / 1e12:.0f}" if flops else "- (not the 14B)"
             lines.append(f"| {name} | {seconds:.2f} | {2 * seconds:.2f} | {rate} |")
+    per_frame = timesteps[f"per-frame [1, {frames}]"]
+    unmerged = time_passes(model, latents, per_frame, text, args.repeats)
+    if set_merged(model, True):
+        merged = time_passes(model, latents, per_frame, text, args.repeats)
+        set_merged(model, False)  # the parallel runs below time the model as built
+    else:
+        merged = unmerged  # no LoRA layers: nothing to merge
+    presets = ["", *preset_lines(preset_jobs(), unmerged, merged)]
     plan_weights = planned("single", job, options, gpu_gb, 1, lambda p: 0)
     plan_peak = planned("single", job, options, gpu_gb, 1, lambda p: p.activations.transformer)
     lines += ["", f"Weights: planned {gib(plan_weights)} GiB, memory_allocated after the build "
                   f"{gib(weights_bytes)} GiB",
               f"Peak over the passes: planned {gib(plan_peak)} GiB (weights + one pass's activations), "
               f"max_memory_allocated {gib(peak.bytes)} GiB"]
-    return lines
+    return lines + presets
 
 
 def parallel_report(models: list[PusaTransformer3DModel], config: dict[str, Any], job: JobSize,

@@ -208,13 +208,8 @@ class CheckpointWeights:
 
 def merge_blocker(placement: Placement) -> str | None:
     """Why this placement runs the LoRAs unmerged, or None when they are merged."""
-    if placement.fp8:
-        return "fp8 weight storage would round the merged weights"
-    if placement.kind == "offload":
-        return "offloading streams the blocks from host memory"
-    if any(not isinstance(device, int) for device in placement.memory.device_map.values()):
-        return "part of the transformer is offloaded to the host"
-    return None
+    offloaded = any(not isinstance(device, int) for device in placement.memory.device_map.values())
+    return facts.lora_merge_blocker(placement.kind, placement.options.weights, offloaded)
 
 
 class LoraStack:
@@ -236,6 +231,26 @@ class LoraStack:
         self.pristine = None if blocker is not None or not layers else (pristine or HostCopy(transformer))
         self._active: dict[str, float] | None = None  # None: unknown, the next apply sets everything
         self._dirty: set[str] = set()  # layers whose weights may differ from the pristine ones
+
+    @property
+    def merged(self) -> bool:
+        """True when the denoising loop runs with the adapters merged into the weights."""
+        return self.pristine is not None
+
+    def active_rank(self, settings: Settings) -> int:
+        """The summed rank of the adapters ``settings`` turn on (what an unmerged pass computes)."""
+        configs = getattr(self.transformer, "peft_config", {})
+        weights = self.catalog.weights(settings, self.has_pusa)
+        return sum(int(configs[name].r) for name, weight in weights.items() if weight != 0 and name in configs)
+
+    def memory_note(self, settings: Settings) -> str:
+        """What the LoRAs of ``settings`` add to a pass, for the memory line ("" without adapters)."""
+        if not self._has_layers:
+            return ""
+        if self.merged:
+            return "LoRAs merged into the weights: no pass computes a LoRA branch."
+        return (f"LoRAs unmerged ({self.blocker}): each pass computes rank {self.active_rank(settings)} beside the "
+                "weights, counted above.")
 
     def describe(self) -> str:
         if self.blocker is not None:

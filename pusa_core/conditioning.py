@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import facts
+from .cache_choice import check_step_cache
 from .errors import PusaInputError
 from .facts import SIZE_MULTIPLE, latent_frame_count
 from .schedule import frame_multipliers
@@ -148,6 +149,7 @@ def validate_settings(settings: Settings, require_prompt: bool = False) -> None:
     if s.seed is not None:
         _check(facts.SEED, s.seed, hint=" (or empty for random)")
     _validate_loras(s)
+    check_step_cache(s.step_cache, s.steps, s.preset)
 
 
 def _validate_loras(s: Settings) -> None:

@@ -259,11 +259,16 @@ class Engine:
         return self._components.noise_multiplier if self._components is not None else self._noise_multiplier
 
     def memory_report(self, settings: Settings) -> str:
-        """The memory plan for a job of this size under the current placement, in one paragraph."""
+        """The memory plan for a job of this size and preset under the current placement, in one paragraph."""
         if self._placement is None:
             return "The memory plan appears once the model is loaded."
         try:
-            return plan_job(self._placement, JobSize(settings.width, settings.height, settings.num_frames)).summary()
+            job = JobSize(settings.width, settings.height, settings.num_frames)
+            if self._loras is None:
+                return plan_job(self._placement, job).summary()
+            loras = self._loras
+            plan = plan_job(self._placement, job, lora_merged=loras.merged, active_lora_rank=loras.active_rank(settings))
+            return f"{plan.summary()} {loras.memory_note(settings)}".rstrip()
         except PusaInputError as err:
             return str(err)
 

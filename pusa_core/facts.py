@@ -41,6 +41,29 @@ FAST_CFG = 1.0
 LIGHTX2V_WEIGHT = 1.0
 DEFAULT_EXTRA_LORA_WEIGHT = 1.0  # an --extra-lora given without :WEIGHT
 
+# -- step caching ----------------------------------------------------------------------------------
+# diffusers' cache hooks that work with per-frame timesteps (see pusa_core.step_cache for the ones that do not).
+STEP_CACHE_OFF = "off"
+FIRST_BLOCK, TAYLORSEER = "first-block", "taylorseer"
+STEP_CACHE_KINDS = (FIRST_BLOCK, TAYLORSEER)
+# The caching table was measured at 10 steps; fewer steps move further each, so nothing measured covers them.
+MIN_CACHED_STEPS = 10
+TAYLORSEER_WARMUP_STEPS = 3  # steps run in full before TaylorSeer predicts (diffusers' default)
+
+
+
+def lora_merge_blocker(kind: str, weights: str, offloaded: bool = False) -> str | None:
+    """Why a placement of ``kind`` with ``weights`` storage runs the LoRAs unmerged, or None when the
+    engine merges them into the weights (the memory planner and the engine both ask this)."""
+    if weights == "fp8":
+        return "fp8 weight storage would round the merged weights"
+    if kind == "offload":
+        return "offloading streams the blocks from host memory"
+    if offloaded:
+        return "part of the transformer is offloaded to the host"
+    return None
+
+
 # -- GPU options ------------------------------------------------------------------------------------
 DEFAULT_ATTENTION_BACKEND = "native"  # torch's scaled_dot_product_attention, through diffusers' dispatcher
 ATTENTION_BACKEND_FLAG = "--attention-backend"
@@ -108,6 +131,12 @@ FRAMES = Limit("num_frames", 1, 201, TEMPORAL_COMPRESSION, whole=True)
 SEED = Limit("seed", 0, 2**32 - 1, 1, whole=True)
 # An extra LoRA's weight; negative weights are how "slider" LoRAs are turned the other way.
 EXTRA_LORA_WEIGHT = Limit("extra_loras", -5.0, 5.0, 0.05)
+# Step caching's threshold: first-block's relative change of the first block's residual below which
+# the other blocks are skipped; TaylorSeer's interval between full passes (in steps).
+STEP_CACHE_THRESHOLDS = {
+    FIRST_BLOCK: Limit("step_cache", 0.01, 1.0, 0.01),
+    TAYLORSEER: Limit("step_cache", 2, 5, 1, whole=True),
+}
 
 MAX_PROMPT_CHARS = 4000  # far past the 512 tokens the text encoder reads; refuses absurd inputs early
 MAX_INPUT_PIXELS = 40_000_000  # an upload's width x height (a 8K frame is 33 MP)

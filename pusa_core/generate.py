@@ -7,7 +7,7 @@
 Names and validation are the API's. A job line is a JSON object with the flags' names: ``task``,
 ``prompt``, ``negative_prompt``, ``image``, ``images`` (a list), ``video``, ``positions``,
 ``multipliers``, ``frames_from`` (v2v: ``first`` or ``last``), ``noise_multiplier``, ``steps``, ``cfg``, ``alpha`` (or ``lora_alpha``), ``seed``
-(null: random), ``size`` ("WxH"), ``frames``, ``fps``, ``fit`` and ``out``. What neither the line
+(null: random), ``size`` ("WxH"), ``frames``, ``fps``, ``fit``, ``step_cache`` and ``out``. What neither the line
 nor the flags give takes the model's defaults, as on the page. Media paths are relative to the
 current folder. Every job is checked before the model loads.
 
@@ -48,6 +48,7 @@ from typing import Any, NoReturn
 
 import torch.distributed as dist
 
+from .cache_choice import offered_step_caches
 from .conditioning import parse_multipliers, parse_number, parse_positions, parse_size, plan_request, validate_settings
 from .engine import Engine, OutOfMemory, Progress
 from .errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
@@ -63,9 +64,9 @@ PROG = "python -m pusa_core.generate"
 # Settings fields by the name the flags, the API and job lines give them.
 SETTINGS_NAMES = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps", "cfg": "cfg",
-    "alpha": "lora_alpha", "frames": "num_frames", "fps": "fps", "fit": "fit",
+    "alpha": "lora_alpha", "frames": "num_frames", "fps": "fps", "fit": "fit", "step_cache": "step_cache",
 }
-TEXT_NAMES = ("prompt", "negative_prompt", "fit")
+TEXT_NAMES = ("prompt", "negative_prompt", "fit", "step_cache")
 # The inputs each task takes besides its settings (the request classes' own fields).
 TASK_INPUTS = {task: tuple(f.name for f in fields(cls) if f.name not in ("task", "settings")) for task, cls in TASKS.items()}
 INPUT_NAMES = tuple(dict.fromkeys(name for names in TASK_INPUTS.values() for name in names))
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--frames", help="frame count, 4k+1")
     job.add_argument("--fps", help="frames per second of the MP4")
     job.add_argument("--fit", metavar="{crop,pad}", help="how inputs are fitted to the size")
+    job.add_argument("--step-cache", dest="step_cache", metavar="KIND:THRESHOLD",
+                     help=f"skip transformer work between steps: off (default) or one of {', '.join(offered_step_caches()[1:]) or 'none measured'}")
     job.add_argument("--out", metavar="OUT.mp4", help="write OUT.mp4 and OUT.json (default: --output-dir)")
     run = p.add_argument_group("the run")
     run.add_argument("--jobs", type=Path, metavar="FILE.jsonl", help="one job per line, a JSON object with the names above")

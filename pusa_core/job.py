@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cache_choice import StepCache, parse_step_cache
 from .conditioning import Conditioning
 from .errors import PusaInputError
-from .facts import MAX_JOB_SECONDS_FLAG, SEED, SPATIAL_COMPRESSION, frames_needed
+from .facts import FIRST_BLOCK, MAX_JOB_SECONDS_FLAG, SEED, SPATIAL_COMPRESSION, frames_needed
 from .latents import decode_latents, encode_pixels
 from .loading import PusaComponents
 from .adapters import LoraStack
@@ -35,6 +36,7 @@ from .placement import JobSize, Placement, StageDevices, apply_vae_tiling, plan_
 from .preview import decoded_strip, linear_strip
 from .requests import DEFAULT_NEGATIVE_PROMPT, ImageToVideo, MultiFrames, Request, Settings, VideoToVideo, request_to_dict
 from .sampling import Deadline, SampleResult, StepCallback, StepReport, sample
+from .step_cache import step_caching
 from .text import encode_prompts, token_count
 
 # Share of a job's wall time each phase is expected to take, for one progress bar across phases.
@@ -119,6 +121,22 @@ def checked_time_limit(seconds: float | None) -> float | None:
     return float(seconds)
 
 
+def step_cache_for(placement: Placement, settings: Settings) -> StepCache | None:
+    """The job's step cache, refused where the placement cannot run it."""
+    cache = parse_step_cache(settings.step_cache)
+    if cache is None or placement.sequence_degree == placement.cfg_degree == 1:
+        return cache
+    if placement.sequence_degree == 1:
+        why = ("the ranks run the guidance passes apart, and caching has not been measured across ranks "
+               "(every rank would have to cache its own pass)")
+    elif cache.kind == FIRST_BLOCK:
+        why = ("each rank decides from its own slice of the tokens whether to skip the blocks, and a rank that skips "
+               "leaves the others waiting in the blocks' collectives")
+    else:
+        why = "it has not been run across sequence ranks, where it would stand in for the pass that gathers the tokens"
+    raise PusaInputError("step_cache", f"{cache.kind} cannot run under the {placement.kind} placement: {why}; set step_cache to off")
+
+
 class JobRunner:
     """Runs one job at a time on loaded components; keeps what is worth keeping between jobs."""
 
@@ -148,7 +166,9 @@ class JobRunner:
         ``sampler`` runs the loop (:func:`local_sampler`, or every rank's under torchrun).
         """
         s = request.settings
-        memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames))
+        cache = step_cache_for(placement, s)
+        memory = plan_job(placement, JobSize(s.width, s.height, s.num_frames), lora_merged=loras.merged,
+                          active_lora_rank=loras.active_rank(s))
         if memory.verdict != "ok":
             raise PusaInputError("size", f"this job is predicted not to fit in memory. {memory.summary()}")
         apply_vae_tiling(c.vae, memory)
@@ -191,7 +211,8 @@ class JobRunner:
 
         report("denoise", 0.0, f"step 0/{s.steps}", step=0, total=s.steps)
         job = SamplingJob(s, noise, cond_latents, plan.multiplier_vector(), positive, negative)
-        result = sampler(job, on_step, cancel, deadline)
+        with step_caching(c.transformer, cache, s.steps) as passes:  # the passes of this process
+            result = sampler(job, on_step, cancel, deadline)
         check_time(s.steps)
 
         report("decode", 0.0, "decoding frames")
@@ -202,6 +223,7 @@ class JobRunner:
         settings = request_to_dict(request, seed=seed, record_input=self.outputs.record_input)
         settings["model"] = c.name
         settings["timing_seconds"] = {"denoise": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
+        settings["transformer_passes"] = {"passes": passes.passes, "skipped": passes.skipped}
         video_path = self.outputs.video_path(request.task, seed)
         write_mp4(frames, video_path, s.fps, settings)
         settings_path = video_path.with_suffix(".json")

@@ -48,7 +48,7 @@ from diffusers import ContextParallelConfig
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .errors import GenerationCancelled, JobTimedOut, PusaInputError
-from .sampling import StopCheck, combine_guidance, guided_velocity
+from .sampling import StopCheck, branch_context, combine_guidance, guided_velocity
 from .transformer import PusaTransformer3DModel
 
 # How long a collective waits for the other ranks before it fails: a dead rank becomes an error.
@@ -225,7 +225,8 @@ class CfgParallel(_Team):
         context = (positive, negative)[self.branch].to(dtype)
 
         def run_pass() -> torch.Tensor:
-            return transformer(latents.to(dtype), timestep, context, return_dict=False)[0]
+            with branch_context(transformer, ("cond", "uncond")[self.branch]):
+                return transformer(latents.to(dtype), timestep, context, return_dict=False)[0]
 
         self.attempt(check, "before")
         if self.sequence_ranks:

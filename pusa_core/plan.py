@@ -82,7 +82,8 @@ def describe(placement: Placement, cfg: float = DEFAULT_CFG, link: str = DEFAULT
     plan = placement.memory
     job, sizes, options = plan.job, plan.sizes, plan.options
     lora_dtype = "fp32" if options.weights == "fp32" else "bf16"
-    lora = f"LoRA rank {options.lora_rank} ({lora_dtype}, unfused)" if options.lora_rank else "no LoRA"
+    merged = "merged" if options.lora_merged else "unfused"
+    lora = f"LoRA rank {options.lora_rank} ({lora_dtype}, {merged})" if options.lora_rank else "no LoRA"
     lines = [
         f"Job: {job} -> {job.latent_frames} latent frames x {job.height // SIZE_MULTIPLE} x "
         f"{job.width // SIZE_MULTIPLE} = {job.tokens} tokens",

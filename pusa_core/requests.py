@@ -31,6 +31,8 @@ class Settings:
     ``preset`` picks the LoRAs stacked on Pusa's: ``"fast"`` adds LightX2V (see :func:`preset_settings`
     for the steps and guidance it runs at). ``extra_loras`` maps the name of a LoRA the engine was
     started with (``--extra-lora``) to its weight for this job; a loaded LoRA not named is off.
+    ``step_cache`` is ``"off"`` or one of diffusers' cache hooks with its threshold, ``"first-block:0.05"``
+    (see :mod:`pusa_core.cache_choice` for the ones offered).
     """
 
     prompt: str = ""
@@ -47,12 +49,14 @@ class Settings:
     shift: float = facts.DEFAULT_SHIFT
     preset: str = facts.QUALITY
     extra_loras: Mapping[str, float] = field(default_factory=dict)
+    step_cache: str = facts.STEP_CACHE_OFF
 
 
 def preset_settings(quality: Settings, preset: str) -> Settings:
     """``quality`` (the model's own defaults) as ``preset`` runs it: Fast is 4 steps at cfg 1."""
-    if preset == facts.FAST:
-        return replace(quality, preset=facts.FAST, steps=facts.FAST_STEPS, cfg=facts.FAST_CFG)
+    if preset == facts.FAST:  # its 4 distilled steps leave nothing to cache
+        return replace(quality, preset=facts.FAST, steps=facts.FAST_STEPS, cfg=facts.FAST_CFG,
+                       step_cache=facts.STEP_CACHE_OFF)
     return replace(quality, preset=preset)
 
 

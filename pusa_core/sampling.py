@@ -31,6 +31,7 @@ into the same stop on every rank, so the loop below is the same for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -114,13 +115,23 @@ def guided_velocity(
     """
     dtype = transformer.dtype
     x = latents.to(dtype)
-    pos = transformer(x, timestep, positive.to(dtype), return_dict=False)[0].float()
+    with branch_context(transformer, "cond"):
+        pos = transformer(x, timestep, positive.to(dtype), return_dict=False)[0].float()
     if cfg == 1.0 or negative is None:
         return pos
     if between_passes is not None:
         between_passes()
-    neg = transformer(x, timestep, negative.to(dtype), return_dict=False)[0].float()
+    with branch_context(transformer, "uncond"):
+        neg = transformer(x, timestep, negative.to(dtype), return_dict=False)[0].float()
     return combine_guidance(pos, neg, cfg)
+
+
+def branch_context(transformer: torch.nn.Module, branch: str) -> contextlib.AbstractContextManager[None]:
+    """diffusers' ``cache_context`` for a guidance branch while a step cache is on (its hooks keep
+    state per branch and refuse to run without one); nothing otherwise."""
+    if getattr(transformer, "is_cache_enabled", False):
+        return transformer.cache_context(branch)
+    return contextlib.nullcontext()
 
 
 def combine_guidance(pos: torch.Tensor, neg: torch.Tensor, cfg: float) -> torch.Tensor:

@@ -67,6 +67,11 @@ def test_history_lists_a_video_after_a_restart_and_clicking_it_plays_it_and_load
             expect(page.locator("#t2v-prompt textarea")).to_be_visible()
             DOCS.mkdir(exist_ok=True)
             page.locator("#history").screenshot(path=str(DOCS / "history.png"))  # the README's picture of the panel
+            # The chosen video has a result's buttons: Continue fills Video-to-Video with its last frames.
+            page.locator("#history-continue").click()
+            expect(page.locator("#v2v-continuing")).to_contain_text(f"Continuing {name}: its last")
+            expect(page.locator("#v2v-frames-from input[value=last]")).to_be_checked()
+            expect(page.locator("#v2v-prompt textarea")).to_have_value(PROMPT)
     finally:
         demo.close()
 

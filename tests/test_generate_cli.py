@@ -82,6 +82,12 @@ def test_each_task_writes_the_mp4_and_its_settings_at_out(task: str, tmp_path: P
         (["--task", "gif"], "generate: --task: invalid choice: 'gif' (choose from 'i2v', 'multiframe', 'v2v', 't2v')"),
         (["--task", "t2v", "--colour", "red"], "generate: --colour: is not a flag of this command; see python -m pusa_core.generate --help"),
         (["--prompt", "x"], "generate: --task: is missing; give one of i2v, multiframe, v2v, t2v"),
+        (["--task", "t2v", "--prompt", "x", "--step-cache", "magcache:0.1"],
+         "generate: --step-cache: 'magcache:0.1' is not a step-cache setting; write off or KIND:THRESHOLD with KIND "
+         "one of first-block, taylorseer (e.g. first-block:0.05)"),
+        (["--task", "t2v", "--prompt", "x", "--step-cache", "first-block:0.05"],
+         "generate: --step-cache: needs at least 10 steps (the steps it was measured at), got 2; raise steps or set "
+         "step_cache to off"),
         (["--task", "t2v", "--prompt", "x", "--out", "clip.gif"], "generate: --out: must be a file name ending in .mp4, got 'clip.gif'"),
     ],
 )
@@ -135,7 +141,7 @@ def test_jobs_lines_that_are_not_jobs_are_named_by_line(tmp_path: Path, capsys: 
     assert (status, stdout) == (2, "")
     assert stderr.splitlines() == [
         f"generate: {jobs}:1: colour: is not a job field; use task, prompt, negative_prompt, seed, steps, cfg, alpha, "
-        "frames, fps, fit, lora_alpha, size, image, noise_multiplier, images, positions, multipliers, video, frames_from, out",
+        "frames, fps, fit, step_cache, lora_alpha, size, image, noise_multiplier, images, positions, multipliers, video, frames_from, out",
         f"generate: {jobs}:2: json: not valid JSON (Expecting value at column 1)",
         f'generate: {jobs}:3: json: must be a JSON object like {{"task": "t2v", "prompt": "..."}}, got [1, 2]',
         f"generate: {jobs}:4: alpha: is given twice, as \"alpha\" and as \"lora_alpha\"; give one",

@@ -44,3 +44,26 @@ def test_its_code_paths_run_on_the_cpu_with_a_small_config(tmp_path, capsys):
     assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32  # kept fp32, as loaded
     assert torch.isfinite(model.rope.freqs_cos).all() and model.rope.freqs_cos.abs().max() <= 1
     assert 0.015 < model.blocks[0].ffn.net[2].base_layer.weight.float().std() < 0.025
+    # The presets' table follows the planner lines: Quality's 20 passes against Fast's 4, merged and not.
+    table = out.index("| preset | steps | cfg | passes | s / job, LoRA unmerged | s / job, LoRA merged |")
+    assert out[table + 2].startswith("| quality | 10 | 5 | 20 | ") and out[table + 3].startswith("| fast | 4 | 1 | 4 | ")
+    assert out[table + 4].startswith("Merged LoRA: ") and out[table + 4].endswith("quality / fast per job (merged): 5.0x")
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged"))
+
+
+def test_preset_jobs_and_their_seconds_from_a_measured_pass():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.preset_jobs() == [("quality", 10, 5.0, 20), ("fast", 4, 1.0, 4)]
+    assert gpu_check.preset_lines(gpu_check.preset_jobs(), 30.0, 25.0)[2:] == [
+        "| quality | 10 | 5 | 20 | 600.0 | 500.0 |",
+        "| fast | 4 | 1 | 4 | 120.0 | 100.0 |",
+        "Merged LoRA: 25.00 s / pass against 30.00 unmerged (1.20x); quality / fast per job (merged): 5.0x",
+    ]
+    model = gpu_check.build(json.loads(json.dumps(TINY_TRANSFORMER)), torch.device("cpu"), 4)
+    before = model.blocks[0].ffn.net[2].base_layer.weight.clone()
+    assert gpu_check.set_merged(model, True) == 10 * len(model.blocks)  # every adapted linear of every block
+    assert not torch.equal(model.blocks[0].ffn.net[2].base_layer.weight, before)
+    gpu_check.set_merged(model, False)
+    torch.testing.assert_close(model.blocks[0].ffn.net[2].base_layer.weight, before, rtol=0, atol=0.02)

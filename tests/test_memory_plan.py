@@ -332,3 +332,64 @@ def test_a_cpu_job_that_fits_nothing_says_so():
     plan = plan_memory("cpu", [], JobSize(64, 64, 17), _small_model_options(), host=Host("x", 2 * GIB, GIB))
     assert plan.verdict == "refuse" and plan.devices[0].budget == 0
     assert plan.suggestions == ["no smaller setting fits this machine's RAM; close other programs or use a GPU"]
+
+
+def _block_peak(rank: int, merged: bool) -> tuple[int, int]:
+    """(LiveBytes peak, tokens) of one bf16 block with a peft LoRA of ``rank`` (0: none), merged or not."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from pusa_core.facts import LORA_TARGET_PATTERN
+
+    torch.manual_seed(0)
+    cfg = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=691, num_layers=1, text_dim=32, freq_dim=32)
+    model = PusaTransformer3DModel(**cfg).eval()
+    if rank:
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGET_PATTERN), model)
+    model = model.to(torch.bfloat16)
+    if merged:
+        for layer in model.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.merge()
+    job = JobSize(256, 256, 9)
+    hidden = torch.randn(1, job.tokens, 256, dtype=torch.bfloat16)
+    text = torch.randn(1, 512, 256, dtype=torch.bfloat16)
+    temb = torch.randn(1, job.latent_frames, 6, 256)
+    rope = tuple(r.float() for r in model.rope(torch.zeros(1, 16, job.latent_frames, 32, 32)))
+    tracker = LiveBytes()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION), tracker:
+        out = model.blocks[0](hidden, text, temb, rope)
+    del out
+    return tracker.peak, job.tokens
+
+
+def test_unmerged_lora_branches_are_counted_and_merged_ones_cost_nothing():
+    cfg = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=691, num_layers=1, text_dim=32, freq_dim=32)
+    job = JobSize(256, 256, 9)
+
+    def predicted(merged: bool, rank: int = 64) -> int:
+        options = PlanOptions(transformer_config=cfg, lora_rank=rank, lora_merged=merged)
+        return estimate_activations(job, options, meta_models(options)).block
+
+    plain, tokens = _block_peak(0, False)
+    unmerged, _ = _block_peak(64, False)
+    merged, _ = _block_peak(64, True)
+    assert merged == plain  # merged weights: the pass is plain Wan's
+    assert predicted(False) - predicted(True) == 16 * tokens * 64  # bf16: the measured 16 bytes per token per rank
+    assert unmerged - plain <= predicted(False) - predicted(True)
+    assert unmerged <= predicted(False) and merged <= predicted(True)
+
+
+def test_the_plan_counts_the_jobs_adapters_when_they_run_unmerged():
+    loaded = PlanOptions(lora_rank=512 + 64)  # Pusa's LoRA and LightX2V's, as the engine loads them for Fast
+    offload = choose_placement(simulated_gpus([24]), requested="offload", simulated=True, options=loaded)
+    assert offload.options.lora_merged is False  # offload streams the blocks: the engine cannot merge
+    single = choose_placement(simulated_gpus([80]), requested="single", simulated=True)
+    assert single.options.lora_merged is True
+    job = JobSize(832, 480, 81)
+    quality = plan_job(offload, job, lora_merged=False, active_lora_rank=512).activations.block
+    fast = plan_job(offload, job, lora_merged=False, active_lora_rank=512 + 64).activations.block
+    merged = plan_job(offload, job, lora_merged=True, active_lora_rank=512 + 64).activations.block
+    assert fast - quality == 16 * job.tokens * 64 and quality - merged == 16 * job.tokens * 512
+    with pytest.raises(PusaInputError, match="active_lora_rank: 600 must be a rank from 0 to 576"):
+        PlanOptions(lora_rank=576, active_lora_rank=600)

@@ -336,9 +336,12 @@ def test_form_reads_and_writes_presets_and_extra_loras():
     assert shared_values({"steps": 10})["preset"] == "quality" and shared_values({"steps": 10})["extra_loras"] == ""
     values = {"prompt": "p", "negative_prompt": "", "seed": 1, "randomize_seed": False, "steps": 4, "cfg": 1,
               "lora_alpha": 1.4, "size": "832x480", "frames": 81, "fps": 16, "fit": "crop", "preset": "fast",
-              "extra_loras": "style:0.5"}
+              "extra_loras": "style:0.5", "step_cache": "off"}
     s = build_settings(values)
-    assert (s.preset, s.extra_loras) == ("fast", {"style": 0.5})
+    assert (s.preset, s.extra_loras, s.step_cache) == ("fast", {"style": 0.5}, "off")
+    # Settings saved before step caching existed ran without it; a saved one is put back as it was.
+    assert shared_values({"steps": 10})["step_cache"] == "off"
+    assert shared_values({"steps": 10, "step_cache": "taylorseer:2"})["step_cache"] == "taylorseer:2"
 
 
 # --------------------------------------------------------------------------- GPU options, on the CPU

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
 
+from pusa_core import facts
 from pusa_core.errors import PusaInputError
-from pusa_core.requests import Settings, TextToVideo
+from pusa_core.requests import Settings, TextToVideo, preset_settings
 from pusa_core.weights import BASE_REPO_ID, LORA_REPO_ID
 from tests.support.pins import read_pins
 from tests.support.processes import ROOT, free_port, python_env
@@ -67,6 +69,20 @@ def test_the_apps_jobs_are_sized_from_their_settings() -> None:
     assert duration(default, None, None) == 348
     assert duration(TextToVideo(Settings(steps=4, num_frames=17)), None, None) == zerogpu.MIN_SECONDS
     assert duration(TextToVideo(Settings(steps=50, width=1280, height=720)), None, None) == zerogpu.MAX_SECONDS
+
+
+def test_the_estimate_follows_the_preset_and_the_step_cache() -> None:
+    duration = zerogpu.duration_for(_request_size)
+    quality = Settings(prompt="a cat")
+    fast = preset_settings(quality, facts.FAST)
+    assert (fast.steps, fast.cfg) == (4, 1.0)  # 4 passes against Quality's 20
+    assert duration(TextToVideo(quality), None, None) == 348
+    assert duration(TextToVideo(fast), None, None) == 118
+    # TaylorSeer's fixed schedule at 10 steps skips steps 3, 5 and 7: 14 passes of 20 are certain.
+    assert duration(TextToVideo(replace(quality, step_cache="taylorseer:2")), None, None) == 262
+    # first-block decides as it goes, so the estimate keeps every pass.
+    assert duration(TextToVideo(replace(quality, step_cache="first-block:0.1")), None, None) == 348
+    assert duration(TextToVideo(replace(quality, step_cache="someday")), None, None) == zerogpu.MIN_SECONDS
 
 
 def test_zerogpu_durations_are_sane_for_small_and_large_jobs() -> None:

@@ -154,7 +154,7 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
             for form in forms:
                 out += form.default_updates(model_defaults, multiplier)
             size = f"{model_defaults.width}x{model_defaults.height}"
-            memory = [runner.memory_line(size, model_defaults.num_frames) for _ in forms]
+            memory = [runner.memory_line(size, model_defaults.num_frames, model_defaults.preset) for _ in forms]
             return out[:2] + [True] + out[2:] + memory
 
         refresh_outputs = [status_md, timer, applied, *default_targets, *memory_lines]
@@ -163,7 +163,7 @@ def build_app(engine: Engine, notice: str = "", examples_dir: Path = EXAMPLES_DI
 
         for form in forms:
             controls = form.controls
-            sized = [controls.size, controls.frames]
+            sized = [controls.size, controls.frames, controls.preset]
             demo.load(runner.memory_line, sized, controls.memory, queue=False, api_visibility="private")
             for trigger in sized:
                 trigger.change(runner.memory_line, sized, controls.memory, queue=False, api_visibility="private")

@@ -87,6 +87,7 @@ def build_settings(values: dict[str, Any]) -> Settings:
         fit=values["fit"],
         preset=values["preset"],
         extra_loras=parse_extra_loras(values["extra_loras"]),
+        step_cache=values["step_cache"],
     )
 
 
@@ -107,6 +108,7 @@ def shared_values(saved: dict[str, Any]) -> dict[str, Any]:
         out["preset"] = s.get("preset", facts.QUALITY)
         extra = s.get("extra_loras", {})
         out["extra_loras"] = format_extra_loras(extra) if isinstance(extra, dict) else str(extra)
+        out["step_cache"] = s.get("step_cache", facts.STEP_CACHE_OFF)
     if s.get("seed") is not None:
         # A saved seed reproduces the video only if it is used.
         out["seed"], out["randomize_seed"] = s["seed"], False

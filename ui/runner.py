@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from pusa_core import facts
 from pusa_core.engine import Engine, GenerationResult, OutOfMemory, Progress
 from pusa_core.errors import EngineNotReady, GenerationCancelled, JobTimedOut, PusaInputError
 from pusa_core.parallel import RankFailed, RanksOutOfStep
@@ -53,6 +54,7 @@ FIELD_LABELS = {
     "extra_loras": "Extra LoRAs",
     "frames_from": "Take the frames from",
     "output": "Output",
+    "step_cache": "Step cache",
 }
 PHASE_LABELS = {
     "prompt": "Encoding the prompt",
@@ -117,7 +119,7 @@ class _Job:
 
 def _request_size(request: Request, *_: Any) -> ZeroGpuJob:
     s = request.settings
-    return ZeroGpuJob(s.steps, s.num_frames, s.width, s.height, s.cfg)
+    return ZeroGpuJob(s.steps, s.num_frames, s.width, s.height, s.cfg, s.step_cache)
 
 
 class Runner:
@@ -291,13 +293,16 @@ class Runner:
         where = f" after step {last.step} of {last.total}" if last and last.step is not None and last.total else ""
         return f"Cancelled{where}. Nothing was saved; the engine is ready for the next job."
 
-    def memory_line(self, size: str, frames: float | int) -> str:
-        """The engine's placement and memory forecast for this size, or why it cannot be given."""
+    def memory_line(self, size: str, frames: float | int, preset: str = facts.QUALITY) -> str:
+        """The engine's placement and memory forecast for this size and preset, or why it cannot be given."""
         try:
             width, height = parse_size(size)
         except PusaInputError as err:
             return f"Memory: {field_message(err.field, err.message)}"
         if isinstance(frames, bool) or not isinstance(frames, (int, float)) or not float(frames).is_integer():
             return "Memory: Frames must be a whole number."
-        settings = Settings(width=width, height=height, num_frames=int(frames))
+        if preset not in facts.PRESETS:
+            choices = ", ".join(facts.PRESETS)
+            return f"Memory: {field_message('preset', f'must be one of {choices}, got {preset!r}')}"
+        settings = Settings(width=width, height=height, num_frames=int(frames), preset=preset)
         return f"Memory: {self.engine.memory_report(settings)}"

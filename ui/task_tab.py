@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from pusa_core import facts
+from pusa_core.cache_choice import offered_step_caches
 from pusa_core.errors import PusaInputError
 from pusa_core.requests import Request, Settings
 from ui.batch_panel import BatchControls, batch_controls
@@ -129,6 +130,8 @@ def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[.
         f"{spec.doc} `preset` is '{facts.QUALITY}' or '{facts.FAST}' (the LightX2V LoRA: send "
         f"steps={facts.FAST_STEPS} and cfg={facts.FAST_CFG:g} with it); "
         "`extra_loras` is 'name:weight, ...' over the LoRAs the app was started with. "
+        f"`step_cache` is one of {', '.join(repr(v) for v in offered_step_caches())} (the settings whose quality "
+        "checks passed; off with the Fast preset). "
         "Returns (video, settings JSON, seed used, message)."
     )
     return handler

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from pusa_core import facts
+from pusa_core.cache_choice import offered_step_caches
 from pusa_core.requests import DEFAULT_NEGATIVE_PROMPT, Settings
 from ui.form import EXTRA_LORAS_EXAMPLE, format_extra_loras
 
@@ -61,6 +62,12 @@ class EngineCheckedRadio(gr.Radio):
     is_template, preprocess = True, _as_sent
 
 
+class EngineCheckedDropdown(gr.Dropdown):
+    """A dropdown whose unknown values reach the engine, which names the choices."""
+
+    is_template, preprocess = True, _as_sent
+
+
 class ImageUpload(gr.Image):
     """An image upload handed on as the cached file's path, unopened: the engine reads it within its limits."""
 
@@ -94,7 +101,7 @@ def size_choices(defaults: Settings) -> list[tuple[str, str]]:
 # Order of the shared values in every handler's signature, after the task's own inputs.
 SHARED_NAMES = (
     "negative_prompt", "seed", "randomize_seed", "steps", "cfg", "lora_alpha", "size", "fit", "frames", "fps", "preset",
-    "extra_loras",
+    "extra_loras", "step_cache",
 )
 
 
@@ -114,6 +121,7 @@ class SharedControls:
     fps: gr.Slider
     preset: gr.Radio
     extra_loras: gr.Textbox
+    step_cache: gr.Dropdown
     memory: gr.Markdown
 
     def inputs(self) -> list[gr.components.Component]:
@@ -249,22 +257,30 @@ def shared_controls(task: str, defaults: Settings, fast_problem: str | None = No
             label="Extra LoRAs", value=format_extra_loras(dict(defaults.extra_loras)),
             placeholder=EXTRA_LORAS_EXAMPLE, info=_extra_loras_info(dict(defaults.extra_loras)),
         )
+        step_cache = EngineCheckedDropdown(
+            list(offered_step_caches()), value=defaults.step_cache, label="Step cache",
+            info="Skip transformer work between similar steps (diffusers' cache hooks); only settings whose quality "
+            f"checks passed on the small model are listed; needs {facts.MIN_CACHED_STEPS}+ steps, not the Fast preset",
+            elem_id=f"{task}-step-cache",
+        )
     memory = gr.Markdown()
     return SharedControls(
-        negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, preset, extra_loras, memory
+        negative_prompt, seed, randomize_seed, steps, cfg, lora_alpha, size, fit, frames, fps, preset, extra_loras,
+        step_cache, memory,
     )
 
 
 def wire_preset(controls: SharedControls, preset_defaults: Callable[[str], Settings]) -> None:
-    """Choosing a preset on the page sets the steps and guidance it runs at (the API sends its own)."""
+    """Choosing a preset on the page sets the steps, guidance and step cache it runs at (the API sends its own)."""
 
-    def choose(preset: str) -> tuple[Any, Any]:
+    def choose(preset: str) -> tuple[Any, Any, Any]:
         if preset not in facts.PRESETS:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         s = preset_defaults(preset)
-        return s.steps, s.cfg
+        return s.steps, s.cfg, s.step_cache
 
-    controls.preset.input(choose, controls.preset, [controls.steps, controls.cfg], queue=False, api_visibility="private")
+    controls.preset.input(choose, controls.preset, [controls.steps, controls.cfg, controls.step_cache], queue=False,
+                          api_visibility="private")
 
 
 @dataclass(frozen=True)

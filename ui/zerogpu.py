@@ -8,12 +8,17 @@ and ``spaces`` is imported only on ZeroGPU, when this module loads: import it be
 Duration model, for the 14B transformer on ZeroGPU's default "large" slice (half an H200):
 one forward pass over ``N = latent_frames * (height/16) * (width/16)`` tokens costs about
 ``2 * 14e9 * N`` FLOPs in the linear layers plus ``4 * N**2 * 5120 * 40`` in attention, run at an
-effective 150 TFLOP/s; a step is two passes with CFG (> 1) and one without. Add 20 s for prompt
+effective 150 TFLOP/s; a step is two passes with CFG (> 1) and one without, less the passes a step
+cache is sure to skip (TaylorSeer's fixed schedule; first-block's skips are not known in advance, so
+they are not counted). The preset sets the steps and guidance: Fast's 4 steps at cfg 1 are 4 passes
+against Quality's 20. On ZeroGPU the LoRAs are merged into the weights (the placement is ``single``),
+so a pass costs what plain Wan's does and no LoRA term is added. Add 20 s for prompt
 encoding and moving weights, and the VAE decode at ~30 s for 81 frames of 832x480 (scaled by
 pixels), then 20 % headroom, clamped to [60 s, 2400 s] (2400 s = the longest task ZeroGPU grants,
 40 min for PRO accounts). Examples: 17 frames 832x480, 4 steps -> 60 s (the floor);
-81 frames 832x480, 10 steps, CFG 5 -> 348 s; 81 frames 1280x720, 50 steps -> 2400 s (the cap: too
-long for ZeroGPU, use a dedicated GPU).
+81 frames 832x480, 10 steps, CFG 5 (Quality) -> 348 s; the same with the Fast preset (4 steps,
+cfg 1) -> 118 s; Quality with ``taylorseer:2`` -> 262 s; 81 frames 1280x720, 50 steps -> 2400 s
+(the cap: too long for ZeroGPU, use a dedicated GPU).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pusa_core import facts
+from pusa_core.cache_choice import full_passes, parse_step_cache
 from pusa_core.errors import PusaInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +54,7 @@ class ZeroGpuJob:
     width: int
     height: int
     cfg: float
+    step_cache: str = facts.STEP_CACHE_OFF
 
 
 def on_zerogpu() -> bool:
@@ -74,13 +81,13 @@ def _check_job(steps: int, num_frames: int, width: int, height: int, cfg: float)
             raise PusaInputError(name, f"must be a multiple of {facts.SIZE_MULTIPLE}, got {value!r}")
 
 
-def zerogpu_duration(steps: int, num_frames: int, width: int, height: int, cfg: float) -> int:
+def zerogpu_duration(steps: int, num_frames: int, width: int, height: int, cfg: float,
+                     step_cache: str = facts.STEP_CACHE_OFF) -> int:
     """Seconds of GPU time to request for one job (see the module docstring for the model)."""
     _check_job(steps, num_frames, width, height, cfg)
     tokens = facts.latent_tokens(width, height, num_frames)
     flops = facts.pass_flops(tokens)
-    passes = 2 if cfg > 1 else 1
-    denoise = steps * passes * flops / _FLOPS_PER_SECOND
+    denoise = full_passes(steps, cfg, parse_step_cache(step_cache)) * flops / _FLOPS_PER_SECOND
     decode = _DECODE_SECONDS_REF * num_frames * width * height / _DECODE_PIXELS_REF
     seconds = (_OVERHEAD_SECONDS + denoise + decode) * _HEADROOM
     return int(min(MAX_SECONDS, max(MIN_SECONDS, math.ceil(seconds))))
@@ -92,7 +99,7 @@ def duration_for(job_size: Callable[..., ZeroGpuJob]) -> Callable[..., int]:
     def duration(*args: Any, **kwargs: Any) -> int:
         try:
             job = job_size(*args, **kwargs)
-            return zerogpu_duration(job.steps, job.num_frames, job.width, job.height, job.cfg)
+            return zerogpu_duration(job.steps, job.num_frames, job.width, job.height, job.cfg, job.step_cache)
         except (TypeError, ValueError):
             # A bad input: the wrapped function rejects it with its own message in seconds.
             return MIN_SECONDS

@@ -25,6 +25,10 @@ TEXT_ENCODE_ACTIVATIONS = GIB // 2
 # [tokens, ffn_dim] element (hidden and GELU output). Measured with a live-tensor tracker on CPU
 # (torch 2.13, flash SDPA): 26 bytes per element for Wan's ffn/hidden ratio 2.7; this gives 28.8.
 ATTENTION_STAGE_BYTES = 24
+# LoRAs left unmerged (peft runs lora_B(lora_A(x)) beside every adapted linear): bytes per element of
+# a [tokens, summed rank] tensor at the block's peak, bf16 compute. Measured with the live-tensor
+# tracker (tests/test_memory_plan.py): 15.6 at ranks 16 and 64. Merged LoRAs add nothing.
+UNMERGED_LORA_BYTES = 16
 FFN_STAGE_BYTES = 18
 FFN_HIDDEN_BYTES = 4
 # Cross attention over the 512 text tokens (k, v, their normed copies, fp32 norm temporaries):
@@ -135,6 +139,9 @@ def estimate_activations(job: JobSize, options: PlanOptions, models: MetaModels,
     attention = ATTENTION_STAGE_BYTES + (ULYSSES_STAGING_BYTES if sequence_degree > 1 else 0)
     block = max(attention * local * dim, FFN_STAGE_BYTES * local * dim + FFN_HIDDEN_BYTES * local * ffn)
     block += CROSS_ATTENTION_TEXT_BYTES * TEXT_TOKENS * dim
+    if options.lora_merged is False:  # None is resolved by the planner per placement; left alone, merged
+        active = options.lora_rank if options.active_lora_rank is None else options.active_lora_rank
+        block += UNMERGED_LORA_BYTES * local * active
     whole = WHOLE_INPUT_BYTES * padded * dim if sequence_degree > 1 else 0
     stream = STREAM_BYTES * local * dim + whole + 2 * 4 * padded * head_dim + 2 * TEXT_TOKENS * (text_dim + dim)
     latent_pixels = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)

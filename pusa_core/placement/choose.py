@@ -229,8 +229,8 @@ def _fastest(gpus: tuple[Gpu, ...], job: JobSize, options: PlanOptions, simulate
         return times[id(p)].seconds
 
     fitting = [p for p in plans if p.verdict == "ok"]
-    best = min((p for p in fitting if p.options == options), key=seconds, default=None)
-    fp8 = min((p for p in fitting if p.options != options), key=seconds, default=None)
+    best = min((p for p in fitting if p.options.weights == options.weights), key=seconds, default=None)
+    fp8 = min((p for p in fitting if p.options.weights != options.weights), key=seconds, default=None)
     if fp8 is not None and (best is None or seconds(fp8) * FP8_MIN_SPEEDUP <= seconds(best)):
         best = fp8
     if best is None and one is not None:
@@ -246,7 +246,7 @@ def _fastest(gpus: tuple[Gpu, ...], job: JobSize, options: PlanOptions, simulate
     others = [f"{_label(p)} {times[id(p)].ratio:.2f}x" for p in fitting if p is not best]
     if others:
         why += f" (against {', '.join(others)})"
-    refused = [_too_big(p) for p in parallel if p.verdict != "ok" and p.options == options]
+    refused = [_too_big(p) for p in parallel if p.verdict != "ok" and p.options.weights == options.weights]
     if refused:
         why += "; " + "; ".join(refused)
     if len(gpus) >= 2 and "cfg-parallel" not in kinds:
@@ -266,15 +266,23 @@ def _parallel_head(plan: MemoryPlan, gpus: Sequence[Gpu], launch: bool) -> str:
             f"{_sharing(plan.cfg_degree, plan.sequence_degree)}")
 
 
-def plan_job(placement: Placement, job: JobSize) -> MemoryPlan:
+def plan_job(placement: Placement, job: JobSize, lora_merged: bool | None = None,
+             active_lora_rank: int | None = None) -> MemoryPlan:
     """The memory plan of ``job`` under an applied placement (the shard split stays as loaded).
 
     A cpu job is checked against the RAM available now; the loaded weights are already out of it.
+    ``lora_merged`` says whether the engine runs the LoRAs merged (None: as the placement was planned);
+    ``active_lora_rank`` is the summed rank of the job's adapters (the preset's), which an unmerged pass computes.
     """
+    options = placement.options
+    if lora_merged is not None:
+        options = replace(options, lora_merged=lora_merged)
+    if active_lora_rank is not None:
+        options = replace(options, active_lora_rank=active_lora_rank)
     device_map = placement.memory.device_map if placement.kind == "shard" else None
     host = placement.host
     if host is None and placement.kind == "cpu":
         host = detect_host(holds_weights=True)
     degrees = (placement.cfg_degree, placement.sequence_degree) if placement.kind == "cpu" else None
-    return plan_memory(placement.kind, placement.gpus, job, placement.options, device_map=device_map,
+    return plan_memory(placement.kind, placement.gpus, job, options, device_map=device_map,
                        simulated=placement.simulated, host=host, degrees=degrees)

@@ -31,10 +31,13 @@ VAE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """What is loaded: weight storage, LoRA rank (0: none or fused), text encoder and VAE sizes."""
+    """What is loaded: weight storage, LoRA rank (0: none), whether the LoRAs are merged into the
+    weights for the denoising loop (then no pass computes a LoRA branch), text encoder and VAE sizes."""
 
     weights: str = "bf16"
     lora_rank: int = PUSA_LORA_RANK
+    lora_merged: bool | None = None  # None: as the engine runs them (facts.lora_merge_blocker), set by the planner
+    active_lora_rank: int | None = None  # the summed rank a pass computes unmerged (None: every loaded one)
     vae_dtype: str = "fp32"
     transformer_config: str | Mapping[str, Any] = TRANSFORMER_14B_CONFIG.read_text()
     vae_config: str | Mapping[str, Any] = VAE_CONFIG.read_text()
@@ -53,6 +56,11 @@ class PlanOptions:
             raise PusaInputError("vae_dtype", f"{self.vae_dtype!r} is not one of {', '.join(VAE_DTYPES)}")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise PusaInputError("lora_rank", f"{self.lora_rank!r} must be 0 (no LoRA) or a positive rank like 512")
+        if self.active_lora_rank is not None and (
+                not isinstance(self.active_lora_rank, int) or not 0 <= self.active_lora_rank <= self.lora_rank):
+            raise PusaInputError("active_lora_rank", f"{self.active_lora_rank!r} must be a rank from 0 to {self.lora_rank}")
+        if self.lora_merged is not None and not isinstance(self.lora_merged, bool):
+            raise PusaInputError("lora_merged", f"must be True, False or None, got {self.lora_merged!r}")
 
     @classmethod
     def with_text_encoder_config(cls, text_encoder_config: Any, **kwargs: Any) -> PlanOptions:

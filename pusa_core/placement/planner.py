@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Mapping, Sequence
 
 from ..errors import PusaInputError
-from ..facts import TEMPORAL_COMPRESSION
+from ..facts import TEMPORAL_COMPRESSION, lora_merge_blocker
 from .activations import JobSize, estimate_activations
 from .devices import Gpu, Host, detect_host, gib
 from .layouts import KINDS, PARALLEL_KINDS, lay_out, parallel_degrees
@@ -35,6 +35,8 @@ def plan_memory(kind: str, gpus: Sequence[Gpu], job: JobSize, options: PlanOptio
     if kind == "cpu" and options.weights != "fp32":
         options = replace(options, weights="fp32", vae_dtype="fp32")
     _check_kind(kind, len(gpus))
+    if options.lora_merged is None:  # a shard split that spills to the host is known only once laid out: merged here
+        options = replace(options, lora_merged=lora_merge_blocker(kind, options.weights) is None)
     if kind == "cpu" and host is None:
         host = detect_host()
     if degrees is not None and kind != "cpu":
@@ -86,6 +88,8 @@ def suggest_changes(plan: MemoryPlan, gpus: Sequence[Gpu], simulated: bool = Fal
     degrees = (plan.cfg_degree, plan.sequence_degree)
 
     def fits(k: str, j: JobSize, o: PlanOptions) -> MemoryPlan | None:
+        if (k, o.weights) != (kind, options.weights):  # another placement or storage merges as it does
+            o = replace(o, lora_merged=None)
         p = plan_memory(k, gpus, j, o, simulated=simulated, suggest=False, host=plan.host,
                         degrees=degrees if k == "cpu" else None)
         return p if p.verdict == "ok" else None

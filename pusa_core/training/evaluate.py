@@ -1,6 +1,10 @@
 """Evaluate a small Pusa model on held-out procedural clips; print the numbers and write frame strips.
 
     python -m pusa_core.training.evaluate --model-dir weights/pusa-tiny --strips docs/tiny
+    python -m pusa_core.training.evaluate --model-dir weights/pusa-tiny --step-cache first-block:0.1
+
+With ``--step-cache`` every generation runs with that diffusers cache hook (``pusa_core.step_cache``),
+and the metrics add ``passes``: transformer passes, full ones and skipped ones.
 
 Tasks (the model's own defaults for steps, cfg, alpha and noise multiplier unless overridden):
 - I2V: first frame given. First-frame PSNR after decoding; the object is tracked by colour: is it
@@ -32,8 +36,10 @@ from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 from ..latents import decode_latents, encode_pixels
 from ..lora import load_lora, set_lora_alpha
 from ..sampling import sample
-from ..facts import DEFAULT_SHIFT, SPATIAL_COMPRESSION, latent_frame_count
+from ..cache_choice import parse_step_cache
+from ..facts import DEFAULT_SHIFT, SPATIAL_COMPRESSION, STEP_CACHE_OFF, latent_frame_count
 from ..schedule import frame_multipliers
+from ..step_cache import PassCount, step_caching
 from ..text import encode_prompts
 from ..transformer import PusaTransformer3DModel
 from .data import DIRECTIONS, Clip, make_clip
@@ -78,6 +84,7 @@ class EvalSettings:
     alpha: float
     multiplier: float
     shift: float = DEFAULT_SHIFT
+    step_cache: str = STEP_CACHE_OFF  # a pusa_core.cache_choice setting, e.g. "first-block:0.05"
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -101,6 +108,8 @@ class Evaluator:
         self.frames, self.height, self.width = d["num_frames"], d["height"], d["width"]
         self.max_length = d["max_sequence_length"]
         self.negative = self._embed("")
+        self.cache = parse_step_cache(settings.step_cache)
+        self.passes = PassCount()  # every generation's, added up
 
     def _embed(self, text: str) -> torch.Tensor:
         return encode_prompts(self.model.tokenizer, self.model.text_encoder, [text], self.max_length)
@@ -122,8 +131,11 @@ class Evaluator:
         shape = (1, self.model.vae.config.z_dim, latent_frames, self.height // SPATIAL_COMPRESSION, self.width // SPATIAL_COMPRESSION)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         multipliers = frame_multipliers(latent_frames, {i: s.multiplier for i in cond})
-        result = sample(self.model.transformer, noise, cond, multipliers, self._embed(caption), self.negative, s.steps, s.cfg,
-                        shift=s.shift)
+        with step_caching(self.model.transformer, self.cache, s.steps) as count:
+            result = sample(self.model.transformer, noise, cond, multipliers, self._embed(caption), self.negative, s.steps,
+                            s.cfg, shift=s.shift)
+        self.passes.passes += count.passes
+        self.passes.full += count.full
         return to_uint8(decode_latents(self.model.vae, result.latents)), result.latents
 
     def image_latent(self, frame: torch.Tensor) -> torch.Tensor:
@@ -276,6 +288,7 @@ def evaluate(model: TinyModel, settings: EvalSettings, clips: int, strips: Path 
 
     metrics: dict[str, Any] = {name: _summary(r) for name, r in rows.items()}
     metrics["settings"] = settings.__dict__
+    metrics["passes"] = {"passes": ev.passes.passes, "full": ev.passes.full, "skipped": ev.passes.skipped}
     if strips is not None:
         for task in TASKS:
             # Rows: the held-out clip (not for T2V, which has no conditioning), the base, the LoRA.
@@ -391,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha")
     parser.add_argument("--noise-multiplier", type=float, default=None)
     parser.add_argument("--shift", type=float, default=None, help="the sampler's sigma shift")
+    parser.add_argument("--step-cache", default=STEP_CACHE_OFF,
+                        help="a diffusers cache hook and threshold, e.g. first-block:0.05 or taylorseer:2 (default off)")
     parser.add_argument("--strips", type=Path, default=None, help="folder for the frame-strip PNGs")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the README's tables here")
@@ -405,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         alpha=args.alpha if args.alpha is not None else d["lora_alpha"],
         multiplier=args.noise_multiplier if args.noise_multiplier is not None else d["noise_multiplier"],
         shift=args.shift if args.shift is not None else d.get("shift", DEFAULT_SHIFT),
+        step_cache=args.step_cache,
     )
     with torch.inference_mode():
         metrics = evaluate(model, settings, args.clips, args.strips)
