@@ -299,7 +299,8 @@ class Engine:
             try:
                 assert self._placement is not None and self._devices is not None and self._loras is not None
                 return self.jobs.run(
-                    components, self._placement, self._devices, self._sampler(components, request.settings), request,
+                    components, self._placement, self._devices, self._loras, self._sampler(components, request.settings),
+                    request,
                     plan, progress or (lambda p: None), cancel, preview,
                 )
             except torch.OutOfMemoryError:

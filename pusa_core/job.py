@@ -154,6 +154,7 @@ class JobRunner:
         c: PusaComponents,
         placement: Placement,
         devices: StageDevices,
+        loras: LoraStack,
         sampler: Sampler,
         request: Request,
         plan: Conditioning,
@@ -163,7 +164,8 @@ class JobRunner:
     ) -> GenerationResult:
         """``preview``: each step's progress carries a strip of the clean estimate (see :mod:`pusa_core.preview`).
 
-        ``sampler`` runs the loop (:func:`local_sampler`, or every rank's under torchrun).
+        ``sampler`` runs the loop (:func:`local_sampler`, or every rank's under torchrun); ``loras`` (which
+        the sampler applies) tells the memory plan whether the adapters run merged.
         """
         s = request.settings
         cache = step_cache_for(placement, s)

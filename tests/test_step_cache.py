@@ -125,6 +125,9 @@ def test_combinations_that_cannot_work_are_refused_with_why():
     with pytest.raises(PusaInputError, match="taylorseer cannot run under the sequence-parallel placement"):
         step_cache_for(sequence, replace(quality, step_cache="taylorseer:2"))
     assert step_cache_for(sequence, replace(quality, step_cache="off")) is None
+    cfg_parallel = choose_placement(simulated_gpus([80, 80]), requested="cfg-parallel", simulated=True, cfg=5.0, ranks=2)
+    with pytest.raises(PusaInputError, match="first-block cannot run under the cfg-parallel placement: the ranks run"):
+        step_cache_for(cfg_parallel, quality)
     single = choose_placement(simulated_gpus([80]), requested="single", simulated=True)
     assert step_cache_for(single, quality) == StepCache(facts.FIRST_BLOCK, 0.05)
 
