@@ -16,24 +16,11 @@ import pytest
 import app as app_module
 from pusa_core.engine import Engine
 from pusa_core.tiny_models import random_tiny_components
+from tests.support.browser import CHROMIUM, TIMEOUT_MS, browser_page
 from ui.blocks import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--disable-sync",
-    "--no-first-run",
-    "--metrics-recording-only",
-]
-TIMEOUT_MS = 120_000
 
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is not installed (Debian: apt-get install chromium); the browser test needs it", allow_module_level=True)
@@ -60,15 +47,8 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(app_url: str) -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app_url)
-            yield page
-        finally:
-            browser.close()
+    with browser_page(sync_api, app_url) as page:
+        yield page
 
 
 def test_image_to_video_in_a_browser(page) -> None:

@@ -25,6 +25,15 @@ PROMPT = "a red ball rolls before the restart"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    """A ready random tiny model writing to ``tmp_path``."""
+    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
+    engine.start()
+    assert engine.wait_ready(120).state == "ready"
+    return engine
+
+
 def open_history(page) -> None:
     page.locator("#history").get_by_text("History: every video in the output folder").click()
 
@@ -33,11 +42,8 @@ def captions(page) -> list[str]:
     return page.locator("#history-gallery .caption-label").all_inner_texts()
 
 
-def test_history_lists_a_video_after_a_restart_and_clicking_it_plays_it_and_loads_its_settings(tmp_path: Path) -> None:
+def test_history_lists_a_video_after_a_restart_and_clicking_it_plays_it_and_loads_its_settings(engine: Engine, tmp_path: Path) -> None:
     expect = sync_api.expect
-    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
-    engine.start()
-    assert engine.wait_ready(120).state == "ready"
     demo, url = serve(engine, tmp_path)
     try:
         with browser_page(sync_api, url) as page:
@@ -76,11 +82,8 @@ def test_history_lists_a_video_after_a_restart_and_clicking_it_plays_it_and_load
         demo.close()
 
 
-def test_a_three_seed_batch_makes_three_videos_all_listed(tmp_path: Path) -> None:
+def test_a_three_seed_batch_makes_three_videos_all_listed(engine: Engine, tmp_path: Path) -> None:
     expect = sync_api.expect
-    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
-    engine.start()
-    assert engine.wait_ready(120).state == "ready"
     demo, url = serve(engine, tmp_path)
     try:
         with browser_page(sync_api, url) as page:

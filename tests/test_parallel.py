@@ -10,9 +10,7 @@ DataLoader worker does.
 from __future__ import annotations
 
 import functools
-import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,13 +20,13 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pusa_core.parallel import init_group, parallel_guidance
 from pusa_core.sampling import sample
 from pusa_core.schedule import frame_multipliers
 from pusa_core.tiny_models import tiny_transformer
 from pusa_core.transformer import TokenSpan, _modulate
+from tests.support.processes import free_port, run_ranks
 
 TOL = 1e-5
 STEPS = 3
@@ -183,17 +181,7 @@ def _rank_main(rank: int, world: str, size: int, port: int, out_dir: Path) -> No
 
 
 def spawn_world(world: str, size: int, out_dir: Path) -> list[dict[str, Any]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ranks = mp.start_processes(_rank_main, args=(world, size, port, out_dir), nprocs=size, join=False,
-                               start_method="fork")
-    deadline = time.monotonic() + WORLD_SECONDS
-    while not ranks.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ranks.processes:
-                process.kill()
-            pytest.fail(f"the {size}-rank world '{world}' was still running after {WORLD_SECONDS} s")
+    run_ranks(_rank_main, (world, size, free_port(), out_dir), size, WORLD_SECONDS, f"the {size}-rank world '{world}'")
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(size)]
 
 

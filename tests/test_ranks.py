@@ -10,9 +10,7 @@ it says. The reference is the single-process engine, in this process. The test f
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from pusa_core.engine import Engine, Progress
 from pusa_core.parallel import RanksOutOfStep
@@ -30,6 +27,7 @@ from pusa_core.errors import PusaInputError
 from pusa_core.ranks import FAULT_HOOK_ENV, TIMEOUT_ENV, Ranks, check_launch, collective_timeout
 from pusa_core.requests import Request, Settings, TextToVideo
 from pusa_core.tiny_models import random_tiny_components
+from tests.support.processes import free_port, run_ranks
 
 WORLD_SECONDS = 120  # still running after this: hung, fail instead of waiting
 GOOD = TextToVideo(Settings(prompt="a red ball bounces", width=96, height=64, num_frames=9, steps=3, seed=3))
@@ -111,17 +109,7 @@ def _rank_main(rank: int, world: str, port: int, out_dir: Path) -> None:
 
 
 def spawn_world(world: str, out_dir: Path) -> list[dict[str, Any]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    world_processes = mp.start_processes(_rank_main, args=(world, port, out_dir), nprocs=2, join=False,
-                                         start_method="fork")
-    deadline = time.monotonic() + WORLD_SECONDS
-    while not world_processes.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in world_processes.processes:
-                process.kill()
-            pytest.fail(f"the 2 ranks were still running after {WORLD_SECONDS} s")
+    run_ranks(_rank_main, (world, free_port(), out_dir), 2, WORLD_SECONDS, "the 2 ranks")
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
