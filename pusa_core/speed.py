@@ -52,8 +52,11 @@ def check_attention_backend(name: str) -> str:
 
 
 def apply_speed_options(transformer: torch.nn.Module, attention_backend: str, compile_blocks: bool) -> None:
-    """Set the attention backend (native needs nothing) and compile each block when asked."""
-    if attention_backend != DEFAULT_ATTENTION_BACKEND:
-        transformer.set_attention_backend(check_attention_backend(attention_backend))
+    """Set the attention backend and compile each block when asked.
+
+    Set even when it is native: diffusers also keeps a process-wide active backend, which an earlier
+    model's choice would otherwise leave to this one.
+    """
+    transformer.set_attention_backend(check_attention_backend(attention_backend))
     if compile_blocks:
         transformer.compile_repeated_blocks()

@@ -14,13 +14,14 @@ from pusa_core.engine import Engine
 from pusa_core.errors import PusaInputError
 from ui import t2v
 from ui.batch import MAX_BATCH, BatchQueue, expand
-from ui.batch_panel import cancel_choices, queue_jobs, rows, run_one
+from ui.batch_panel import batch_slot, cancel_choices, queue_jobs, rows, run_one
 from ui.form import build_settings
 from ui.runner import Runner
 
 FORM = {
     "prompt": "a red ball", "negative_prompt": "", "seed": 10, "randomize_seed": False, "steps": 2, "cfg": 5.0,
     "lora_alpha": 1.4, "size": "96x64", "fit": "crop", "frames": 9, "fps": 8, "preset": "quality", "extra_loras": "",
+    "step_cache": "off",
 }
 
 
@@ -134,7 +135,7 @@ def test_cancelling_the_running_job_stops_it_at_its_next_step(tiny_engine: Engin
 
     async def run_and_cancel() -> list:
         running = asyncio.create_task(run_one(queue, runner, "s3", "t2v"))
-        while runner.latest_progress("s3") is None or runner.latest_progress("s3").step in (None, 0):
+        while runner.latest_progress("s3", batch_slot("t2v")) is None or runner.latest_progress("s3", batch_slot("t2v")).step in (None, 0):
             await asyncio.sleep(0.01)
         assert queue.cancel("s3", jobs[0].id) == f"Cancelling job #{jobs[0].id}: it stops at the next denoising step."
         return await running

@@ -311,4 +311,5 @@ def test_a_video_with_too_many_frames_is_refused(tmp_path, monkeypatch) -> None:
 def test_the_result_buttons_are_off_until_there_is_a_video(server) -> None:
     labels = ("Continue this video", "Use last frame", "Use as keyframe")
     buttons = [c["props"] for c in server.client.config["components"] if c["props"].get("value") in labels]
-    assert len(buttons) == 4 * 3 and all(b["interactive"] is False for b in buttons)
+    # Under each tab's result, and under the History panel's chosen video.
+    assert len(buttons) == (4 + 1) * 3 and all(b["interactive"] is False for b in buttons)

@@ -160,3 +160,21 @@ def test_cancel_reaches_a_page_job_still_waiting_in_the_queue(tmp_path: Path) ->
     assert message.startswith("Done in") and Path(video).is_file()
     runner.settled("page")
     assert runner.cancel("page") == "Nothing of yours is running, so there is nothing to cancel."
+
+
+def test_a_tabs_cancel_stops_only_that_tabs_job_and_the_api_cancel_stops_them_all(tmp_path: Path) -> None:
+    engine = Engine.from_components(random_tiny_components(), output_dir=tmp_path)
+    assert engine.wait_ready(120).state == "ready"
+    runner = Runner(engine)
+    build = lambda: TextToVideo(settings=Settings(prompt="a red ball", width=64, height=64, num_frames=9, steps=2))  # noqa: E731
+    cancelled = (None, None, None, "Cancelled before it started. Nothing was run or saved.")
+    runner.waiting("page", "i2v")  # one page, a job waiting in two tabs
+    runner.waiting("page", "t2v")
+    assert runner.cancel("page", "t2v") == "Cancelling: your job is still waiting in the queue, and will not run."
+    assert asyncio.run(runner.generate(build, "page", tab="t2v")) == cancelled
+    video, _, _, message = asyncio.run(runner.generate(build, "page", tab="i2v"))  # the other tab's job still runs
+    assert message.startswith("Done in") and Path(video).is_file()
+    runner.waiting("page", "i2v")
+    runner.waiting("page", "v2v")
+    assert runner.cancel("page", None) == "Cancelling: your job is still waiting in the queue, and will not run."
+    assert [asyncio.run(runner.generate(build, "page", tab=tab)) for tab in ("i2v", "v2v")] == [cancelled, cancelled]

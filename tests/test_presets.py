@@ -370,6 +370,10 @@ def test_another_attention_backend_and_compile_are_applied_to_the_transformer(tm
     backends = {b.attn1.processor._attention_backend for b in transformer.blocks}
     backends |= {b.attn2.processor._attention_backend for b in transformer.blocks}
     assert backends == {"_native_math"}
+    # diffusers made _native_math the process's active backend too; a later native model must not inherit it.
+    native = Engine.from_components(random_tiny_components(), tmp_path)
+    assert native.wait_ready(60).state == "ready"
+    assert {b.attn1.processor._attention_backend for b in native._components.transformer.blocks} == {"native"}
     # Regional compilation: each block is compiled on its own (compiling runs at the first pass).
     assert all(b._compiled_call_impl is not None for b in transformer.blocks)
     assert transformer._compiled_call_impl is None

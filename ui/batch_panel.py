@@ -30,6 +30,10 @@ COLUMNS = ["job", "tab", "prompt", "seed", "state"]
 PROMPT_CHARS = 48
 SEED_CHOICES = [("seed, seed+1, seed+2, ...", SEEDS_INCREMENT), ("a random seed each", SEEDS_RANDOM)]
 
+def batch_slot(task: str) -> str:
+    """The runner slot a tab's batch jobs take, beside the tab's own Generate."""
+    return f"batch-{task}"
+
 
 @dataclass(frozen=True)
 class BatchControls:
@@ -94,7 +98,7 @@ def _short(text: str) -> str:
 
 def job_state(job: BatchJob, runner: Runner) -> str:
     if job.state == "running":
-        progress = runner.latest_progress(job.session)
+        progress = runner.latest_progress(job.session, batch_slot(job.task))
         return f"running · {progress_text(progress)}" if progress is not None else "running"
     if job.state == "queued" and job.cancel.is_set():
         return "cancelled"
@@ -164,7 +168,9 @@ async def run_one(queue: BatchQueue, runner: Runner, session: str, task: str, pr
         return [gr.skip()] * 4
     finished = False
     try:
-        video, settings, seed, message = await runner.generate(lambda: job.request, session, progress, cancel=job.cancel)
+        video, settings, seed, message = await runner.generate(
+            lambda: job.request, session, progress, cancel=job.cancel, tab=batch_slot(task)
+        )
         finished = True
     except gr.Error as err:
         finished = True

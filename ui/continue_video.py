@@ -214,7 +214,9 @@ def wire_continue_api(v2v: TabForm, runner: Runner) -> None:
             original.append(source)
             return VideoToVideo(settings, video=str(source), positions=chosen, multipliers=weights, frames_from="last")
 
-        part, settings_path, seed, message = await runner.generate(build, request.session_hash if request else None, progress)
+        part, settings_path, seed, message = await runner.generate(
+            build, request.session_hash if request else None, progress, tab="continue"
+        )
         if part is None:  # cancelled
             return None, None, None, None, message
         try:

@@ -65,6 +65,13 @@ PHASE_LABELS = {
 }
 GPU_QUEUE = "gpu"  # every tab's Generate shares this queue: one engine, one job at a time
 NO_SESSION = "no-session"  # direct calls without a gradio request share one cancel slot
+# A session's jobs are kept per tab (or "batch", "continue"): one page may have a job in every tab,
+# and each tab's Cancel must stop its own.
+Slot = tuple[str, str]
+
+
+def _slot(session: str | None, tab: str) -> Slot:
+    return session or NO_SESSION, tab
 
 Outputs = tuple[str | None, str | None, int | None, str]
 
@@ -125,18 +132,19 @@ def _request_size(request: Request, *_: Any) -> ZeroGpuJob:
 class Runner:
     """Runs requests on one engine for every tab and session; one job at a time (the engine's lock and the queue).
 
-    A job stops at its next step when its session presses Cancel, when gradio cancels the event
+    A job stops at its next step when its tab's Cancel is pressed (or the API's ``/cancel``, which stops
+    every job of the session), when gradio cancels the event
     (``Job.cancel()`` in gradio_client), or when the session goes away (the page's unload event,
     which gradio fires when the tab closes or the client dies).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[Slot, _Job] = {}
         self._preview_wanted: dict[str, bool] = {}
         # Page jobs between Generate and their start (waiting in the queue), and those cancelled meanwhile.
-        self._waiting: set[str] = set()
-        self._cancelled_waiting: set[str] = set()
+        self._waiting: set[Slot] = set()
+        self._cancelled_waiting: set[Slot] = set()
         self._lock = threading.Lock()
         self._run_job = wrap_for_zerogpu(self._run_sync, _request_size)
 
@@ -159,11 +167,12 @@ class Runner:
 
     async def generate(
         self, build: Callable[[], Request], session: str | None, progress: gr.Progress | None = None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | None = None, tab: str = "",
     ) -> Outputs:
         """Build the request and run it: (video path, settings path, seed used, message).
 
-        ``cancel``: an event of the caller's that stops the job too (a batch job's own cancel).
+        ``cancel``: an event of the caller's that stops the job too (a batch job's own cancel);
+        ``tab``: which of the session's job slots it takes (the tab's task, "batch", "continue").
         """
         self.require_ready()
         try:
@@ -171,8 +180,8 @@ class Runner:
         except PusaInputError as err:
             raise input_error(err) from None
         job = _Job(cancel or threading.Event())
-        key = session or NO_SESSION
-        preview = self._preview_wanted.get(key, False)
+        key = _slot(session, tab)
+        preview = self._preview_wanted.get(key[0], False)
         with self._lock:
             self._waiting.discard(key)
             if key in self._cancelled_waiting:
@@ -225,30 +234,36 @@ class Runner:
             ) from None
         return str(result.video_path), str(result.settings_path), result.seed, describe_result(result, request.settings.fps)
 
-    def waiting(self, session: str | None) -> None:
+    def waiting(self, session: str | None, tab: str = "") -> None:
         """The page pressed Generate: until the job starts it waits in the queue, where Cancel must reach it too."""
         with self._lock:
-            self._waiting.add(session or NO_SESSION)
-            self._cancelled_waiting.discard(session or NO_SESSION)
+            self._waiting.add(_slot(session, tab))
+            self._cancelled_waiting.discard(_slot(session, tab))
 
-    def settled(self, session: str | None) -> None:
+    def settled(self, session: str | None, tab: str = "") -> None:
         """The page's job ended, ran or not (a refusal, a full queue): nothing of it waits any more."""
         with self._lock:
-            self._waiting.discard(session or NO_SESSION)
-            self._cancelled_waiting.discard(session or NO_SESSION)
+            self._waiting.discard(_slot(session, tab))
+            self._cancelled_waiting.discard(_slot(session, tab))
 
-    def cancel(self, session: str | None) -> str:
-        """Ask this session's running job to stop at the next denoising step, or its waiting job not to start."""
-        key = session or NO_SESSION
+    def cancel(self, session: str | None, tab: str | None = "") -> str:
+        """Ask the session's job in ``tab`` (None: every one of its jobs) to stop at the next denoising
+        step, or its waiting job not to start."""
+        name = session or NO_SESSION
         with self._lock:
-            job = self._jobs.get(key)
-            if job is None and key in self._waiting:
-                self._cancelled_waiting.add(key)
-                return "Cancelling: your job is still waiting in the queue, and will not run."
-        if job is None:
-            return "Nothing of yours is running, so there is nothing to cancel."
-        job.cancel.set()
-        return "Cancelling: the job stops at the next denoising step."
+            slots = [_slot(session, tab)] if tab is not None else sorted(
+                {s for s in (*self._jobs, *self._waiting) if s[0] == name}
+            )
+            jobs = [self._jobs[s] for s in slots if s in self._jobs]
+            waiting = [s for s in slots if s not in self._jobs and s in self._waiting]
+            self._cancelled_waiting.update(waiting)
+        for job in jobs:
+            job.cancel.set()
+        if jobs:
+            return "Cancelling: the job stops at the next denoising step."
+        if waiting:
+            return "Cancelling: your job is still waiting in the queue, and will not run."
+        return "Nothing of yours is running, so there is nothing to cancel."
 
     def leave(self, session: str | None) -> None:
         """The session is gone (tab closed, client killed): stop its job, nobody will receive it."""
@@ -256,10 +271,9 @@ class Runner:
             return
         with self._lock:
             self._preview_wanted.pop(session, None)
-            if session in self._waiting:
-                self._cancelled_waiting.add(session)
-            job = self._jobs.get(session)
-        if job is not None:
+            self._cancelled_waiting.update(s for s in self._waiting if s[0] == session)
+            jobs = [job for s, job in self._jobs.items() if s[0] == session]
+        for job in jobs:
             job.left = True
             job.cancel.set()
 
@@ -271,21 +285,17 @@ class Runner:
             else:
                 self._preview_wanted.pop(session or NO_SESSION, None)
 
-    def latest_preview(self, session: str | None) -> np.ndarray | None:
-        """The newest step picture of this session's running job, if it made one."""
+    def latest_preview(self, session: str | None, tab: str = "") -> np.ndarray | None:
+        """The newest step picture of the session's running job in ``tab``, if it made one."""
         with self._lock:
-            job = self._jobs.get(session or NO_SESSION)
+            job = self._jobs.get(_slot(session, tab))
         return job.preview if job is not None else None
 
-    def latest_progress(self, session: str | None) -> Progress | None:
-        """The last progress report of this session's running job, if one runs."""
+    def latest_progress(self, session: str | None, tab: str = "") -> Progress | None:
+        """The last progress report of the session's running job in ``tab``, if one runs."""
         with self._lock:
-            job = self._jobs.get(session or NO_SESSION)
+            job = self._jobs.get(_slot(session, tab))
         return job.last if job is not None else None
-
-    def running(self, session: str | None) -> bool:
-        with self._lock:
-            return (session or NO_SESSION) in self._jobs
 
     @staticmethod
     def _cancelled_message(job: _Job) -> str:

@@ -116,7 +116,7 @@ def _handler(spec: TaskSpec, names: Sequence[str], runner: Runner) -> Callable[.
         def build() -> Request:
             return spec.to_request(values, build_settings(values))
 
-        return await runner.generate(build, request.session_hash if request else None, progress)
+        return await runner.generate(build, request.session_hash if request else None, progress, tab=spec.task)
 
     parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
     parameters += [
@@ -184,11 +184,11 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     def start(show: bool, request: gr.Request) -> list[Any]:
         session = request.session_hash if request else None
         runner.want_preview(session, bool(show))
-        runner.waiting(session)
+        runner.waiting(session, spec.task)
         return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show))]
 
     def finish(request: gr.Request) -> list[Any]:
-        runner.settled(request.session_hash if request else None)
+        runner.settled(request.session_hash if request else None, spec.task)
         return [*idle, gr.Timer(active=False), gr.update(visible=False)]
 
     toggles = [generate, cancel, watch, panel.preview]
@@ -202,18 +202,23 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
     job.failure(finish, None, toggles, queue=False, api_visibility="private")
 
     def show_latest(request: gr.Request) -> Any:
-        strip = runner.latest_preview(request.session_hash if request else None)
+        strip = runner.latest_preview(request.session_hash if request else None, spec.task)
         return gr.skip() if strip is None else strip
 
     watch.tick(show_latest, None, panel.preview, queue=False, api_visibility="private")
 
     def cancel_job(request: gr.Request) -> str:
-        """Stop this session's running job at its next denoising step."""
-        return runner.cancel(request.session_hash if request else None)
+        return runner.cancel(request.session_hash if request else None, spec.task)
 
-    public = {"api_name": "cancel"} if spec.task == "t2v" else {"api_visibility": "private"}
     # Outside the queue: a full queue must not stop anyone from cancelling.
-    cancel.click(cancel_job, None, panel.message, queue=False, **public)
+    cancel.click(cancel_job, None, panel.message, queue=False, api_visibility="private")
+    if spec.task == "t2v":  # one API endpoint for scripts, whatever task their job runs
+
+        def cancel_all(request: gr.Request) -> str:
+            """Stop every job of this session (client) at its next denoising step, or before it starts."""
+            return runner.cancel(request.session_hash if request else None, None)
+
+        gr.Button(visible=False).click(cancel_all, None, panel.message, queue=False, api_name="cancel")
     wire_reuse_seed(panel, controls)
     wire_preset(controls, runner.engine.preset_defaults)
 
