@@ -154,6 +154,7 @@ def test_cancel_turns_grey_again_once_the_job_has_stopped(page) -> None:
     page.locator("#t2v-generate").click()
     cancel = page.locator("#t2v-cancel")
     expect(cancel).to_be_enabled()
+    expect(page.locator("#t2v-video")).to_contain_text("Denoising: step")  # the job runs: cancel stops it mid-way
     cancel.click()
     # The job stops at its next step check, which on a loaded 2-core CI machine can be seconds away.
     expect(page.locator("#t2v-message")).to_contain_text("Cancelled", timeout=60_000)
