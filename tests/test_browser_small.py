@@ -156,7 +156,8 @@ def test_cancel_turns_grey_again_once_the_job_has_stopped(page) -> None:
     expect(cancel).to_be_enabled()
     expect(page.locator("#t2v-video")).to_contain_text("Denoising: step")  # the job runs: cancel stops it mid-way
     cancel.click()
+    expect(page.locator("#t2v-cancel-note")).to_contain_text("Cancelling: the job stops at the next denoising step")
     # The job stops at its next step check, which on a loaded 2-core CI machine can be seconds away.
-    expect(page.locator("#t2v-message")).to_contain_text("Cancelled", timeout=60_000)
+    expect(page.locator("#t2v-message")).to_contain_text("Cancelled after step", timeout=60_000)
     expect(cancel).to_be_disabled()
     expect(page.locator("#t2v-generate")).to_be_enabled()

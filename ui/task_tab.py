@@ -166,6 +166,9 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{spec.task}-generate")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{spec.task}-cancel")
+            # Cancel's answer has a place of its own: written into the result's message it could land after
+            # the stopped job's own message and hide it.
+            cancel_note = gr.Markdown(elem_id=f"{spec.task}-cancel-note")
             batch = batch_controls(spec.task)
         with gr.Column():
             initial = {name: own.components[name].value for name in spec.schedule_names}
@@ -185,14 +188,14 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
         session = request.session_hash if request else None
         runner.want_preview(session, bool(show))
         runner.waiting(session, spec.task)
-        return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show))]
+        return [*busy, gr.Timer(active=bool(show)), gr.update(value=None, visible=bool(show)), ""]
 
     def finish(request: gr.Request) -> list[Any]:
         runner.settled(request.session_hash if request else None, spec.task)
         return [*idle, gr.Timer(active=False), gr.update(visible=False)]
 
     toggles = [generate, cancel, watch, panel.preview]
-    started = generate.click(start, panel.show_preview, toggles, queue=False, api_visibility="private")
+    started = generate.click(start, panel.show_preview, [*toggles, cancel_note], queue=False, api_visibility="private")
     job = started.then(
         _handler(spec, names, runner), list(components), panel.outputs(),
         api_name=spec.task, concurrency_id=GPU_QUEUE, concurrency_limit=1,
@@ -211,7 +214,7 @@ def build_task_tab(spec: TaskSpec, runner: Runner, defaults: Settings, noise_mul
         return runner.cancel(request.session_hash if request else None, spec.task)
 
     # Outside the queue: a full queue must not stop anyone from cancelling.
-    cancel.click(cancel_job, None, panel.message, queue=False, api_visibility="private")
+    cancel.click(cancel_job, None, cancel_note, queue=False, api_visibility="private")
     if spec.task == "t2v":  # one API endpoint for scripts, whatever task their job runs
 
         def cancel_all(request: gr.Request) -> str:
